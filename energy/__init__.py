@@ -1,0 +1,1 @@
+"""ONNX importer, graph IR and dataflow energy estimator. Never imports torch."""
