@@ -1,0 +1,178 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Sparse weight x dense activation products on packed column panels (C core in sparse_core.h).
+
+All checks happen here, in Python, before the C loop runs; the containers in ``formats`` are
+validated at construction and hold read-only arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int32_t, int64_t
+
+from kernels.formats import BSRMatrix, CSRMatrix
+
+cnp.import_array()
+
+cdef extern from "sparse_core.h" nogil:
+    ctypedef struct jc_src:
+        int kind
+        const float *x
+        Py_ssize_t sk, sn
+        int64_t C, H, W, R, S, P, Q
+        int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
+        Py_ssize_t sN, sC, sH, sW
+    ctypedef struct jc_sparse:
+        const int32_t *indptr
+        const int32_t *indices
+        const float *data
+        int64_t br, bc
+        int64_t n_units
+    int jc_spmm(const jc_sparse *A, const jc_src *src, int64_t M, int64_t K, int64_t kpad,
+                int64_t N, float *Y, Py_ssize_t ldy, int threads)
+    int JC_PW
+
+PANEL_WIDTH = JC_PW
+
+
+def _check_threads(threads) -> int:
+    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    return int(threads)
+
+
+def _check_weight(W) -> None:
+    if not isinstance(W, (CSRMatrix, BSRMatrix)):
+        raise TypeError(f"W must be a CSRMatrix or BSRMatrix, got {type(W).__name__}")
+    # Cheap consistency checks in case the (read-only) arrays were swapped after construction.
+    br, bc = (1, 1) if isinstance(W, CSRMatrix) else W.block
+    n_units = -(-W.shape[0] // br)
+    if (W.indptr.dtype != np.int32 or W.indices.dtype != np.int32 or W.data.dtype != np.float32
+            or W.indptr.shape[0] != n_units + 1 or W.indptr[0] != 0
+            or W.indptr[n_units] != W.indices.shape[0] or W.data.shape[0] != W.indices.shape[0]
+            or W.data.size != W.indices.shape[0] * br * bc
+            or not (W.indptr.flags.c_contiguous and W.indices.flags.c_contiguous
+                    and W.data.flags.c_contiguous)):
+        raise ValueError("W's arrays are inconsistent; build it again with CSRMatrix/BSRMatrix")
+
+
+def _float_strides(a: np.ndarray) -> bool:
+    return all(s % 4 == 0 for s in a.strides)
+
+
+def _prepare_out(out, Py_ssize_t M, Py_ssize_t N, inputs) -> np.ndarray:
+    if out is None:
+        return np.empty((M, N), dtype=np.float32)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != np.float32:
+        raise TypeError(f"out must have dtype float32, got {out.dtype}")
+    if out.shape != (M, N):
+        raise ValueError(f"out must have shape {(M, N)}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable")
+    if (N > 1 and out.strides[1] != 4) or (M > 1 and (out.strides[0] % 4 or out.strides[0] < 4 * N)):
+        raise ValueError("out must have contiguous, non-overlapping rows (stride 4 bytes along axis 1)")
+    for a in inputs:
+        if np.may_share_memory(out, a):
+            raise ValueError("out must not overlap the input")
+    return out
+
+
+cdef void _fill_sparse(jc_sparse *A, W, cnp.ndarray indptr, cnp.ndarray indices, cnp.ndarray data):
+    A.indptr = <const int32_t *>cnp.PyArray_DATA(indptr)
+    A.indices = <const int32_t *>cnp.PyArray_DATA(indices)
+    A.data = <const float *>cnp.PyArray_DATA(data)
+    if isinstance(W, CSRMatrix):
+        A.br = 1
+        A.bc = 1
+    else:
+        A.br = W.block[0]
+        A.bc = W.block[1]
+    A.n_units = indptr.shape[0] - 1
+
+
+cdef _run(W, jc_src *src, Py_ssize_t N, cnp.ndarray Y, int threads):
+    cdef jc_sparse A
+    cdef cnp.ndarray indptr = W.indptr, indices = W.indices, data = W.data
+    _fill_sparse(&A, W, indptr, indices, data)
+    cdef int64_t M = W.shape[0], K = W.shape[1]
+    cdef int64_t kpad = (K + A.bc - 1) // A.bc * A.bc  # C division: keep it non-negative
+    cdef float *y = <float *>cnp.PyArray_DATA(Y)
+    cdef Py_ssize_t ldy = Y.strides[0] // 4 if M > 1 else N
+    cdef int rc
+    with nogil:
+        rc = jc_spmm(&A, src, M, K, kpad, N, y, ldy, threads)
+    if rc != 0:
+        raise MemoryError("could not allocate the packed panel buffer")
+
+
+def spmm(W, X, out=None, threads=1, return_macs=False):
+    """Y[M, N] = W @ X for a CSRMatrix or BSRMatrix W[M, K] and a dense float32 X[K, N].
+
+    X may be any strided float32 view (transposed, sliced); it is packed 64 columns at a time.
+    ``out`` (optional) must be float32 [M, N] with contiguous rows and must not overlap X.
+    ``threads``: OpenMP threads over (panel, row-chunk) work items.
+    Returns Y, or (Y, macs) with ``return_macs`` — the multiply-adds executed: nnz * N for CSR,
+    n_blocks * br * bc * N for BSR (lanes padding a remainder panel to whole vectors not counted).
+    """
+    _check_weight(W)
+    cdef int nthreads = _check_threads(threads)
+    if not isinstance(X, np.ndarray):
+        raise TypeError(f"X must be a numpy.ndarray, got {type(X).__name__}")
+    if X.dtype != np.float32:
+        raise TypeError(f"X must have dtype float32, got {X.dtype} (use .astype(np.float32))")
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D [K, N], got shape {X.shape}")
+    cdef Py_ssize_t M = W.shape[0], K = W.shape[1], N = X.shape[1]
+    if X.shape[0] != K:
+        raise ValueError(f"shape mismatch: W is {W.shape} but X is {X.shape} (X must have {K} rows)")
+    if not _float_strides(X):
+        X = np.ascontiguousarray(X)
+    Y = _prepare_out(out, M, N, (X,))
+    cdef jc_src src
+    src.kind = 0
+    src.x = <const float *>cnp.PyArray_DATA(<cnp.ndarray>X)
+    src.sk = X.strides[0] // 4
+    src.sn = X.strides[1] // 4
+    _run(W, &src, N, Y, nthreads)
+    return (Y, W.macs(N)) if return_macs else Y
+
+
+def spmm_im2col(W, x, kernel_size, stride, pad, dilation, out=None, threads=1):
+    """Y[M, N*P*Q] = W @ im2col(x) without materialising im2col: columns are packed into panels
+    straight from x[N, C, H, W] (float32, any strides). W is [M, C*R*S]; row k of im2col is
+    (c, r, s) in C order and column j is (n, p, q) — the layout of ``reference.im2col``.
+    Arguments are validated by ``conv.conv2d_sparse``; this checks only what guards memory.
+    """
+    _check_weight(W)
+    cdef int nthreads = _check_threads(threads)
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
+        raise TypeError("x must be a float32 numpy.ndarray [N, C, H, W]")
+    if not _float_strides(x):
+        x = np.ascontiguousarray(x)
+    cdef int64_t n = x.shape[0], C = x.shape[1], H = x.shape[2], Wd = x.shape[3]
+    R, S = (int(v) for v in kernel_size)
+    sh, sw = (int(v) for v in stride)
+    ph, pw = (int(v) for v in pad)
+    dh, dw = (int(v) for v in dilation)
+    if min(R, S, sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
+        raise ValueError("kernel, stride and dilation must be >= 1 and padding >= 0")
+    P = (H + 2 * ph - dh * (R - 1) - 1) // sh + 1
+    Q = (Wd + 2 * pw - dw * (S - 1) - 1) // sw + 1
+    if P < 1 or Q < 1:
+        raise ValueError(f"the kernel does not fit the padded input: output would be {P} x {Q}")
+    if W.shape[1] != C * R * S:
+        raise ValueError(f"shape mismatch: W has {W.shape[1]} columns, im2col has C*R*S = {C * R * S}")
+    cdef Py_ssize_t cols = n * P * Q
+    Y = _prepare_out(out, W.shape[0], cols, (x,))
+    cdef jc_src src
+    src.kind = 1
+    src.x = <const float *>cnp.PyArray_DATA(<cnp.ndarray>x)
+    src.sk = 0
+    src.sn = 0
+    src.C, src.H, src.W, src.R, src.S, src.P, src.Q = C, H, Wd, R, S, P, Q
+    src.stride_h, src.stride_w, src.pad_h, src.pad_w, src.dil_h, src.dil_w = sh, sw, ph, pw, dh, dw
+    src.sN, src.sC, src.sH, src.sW = (s // 4 for s in x.strides)
+    _run(W, &src, cols, Y, nthreads)
+    return Y
