@@ -1,0 +1,119 @@
+"""Least-squares restoration vs numpy.linalg.lstsq, and that it never does worse than plain
+magnitude pruning on the calibration data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pruning.blocks import layer_magnitude_mask
+from pruning.lsq import patches, restore_layer
+
+
+def _reference_rows(X: np.ndarray, Y: np.ndarray, mask: np.ndarray, bias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per output channel k: numpy lstsq on the kept columns (plus a ones column for the bias)."""
+    W = np.zeros(mask.shape)
+    b = np.zeros(mask.shape[0])
+    for k in range(mask.shape[0]):
+        cols = np.nonzero(mask[k])[0]
+        A = X[:, cols]
+        if bias:
+            A = np.concatenate([A, np.ones((len(X), 1))], axis=1)
+        sol = np.linalg.lstsq(A, Y[:, k], rcond=None)[0]
+        W[k, cols] = sol[: len(cols)]
+        if bias:
+            b[k] = sol[-1]
+    return W, b
+
+
+def test_linear_matches_numpy_lstsq():
+    torch.manual_seed(0)
+    original = nn.Linear(6, 3)
+    x = torch.randn(40, 6)
+    y = original(x).detach()
+    layer = nn.Linear(6, 3)
+    layer.load_state_dict(original.state_dict())
+    mask = torch.tensor([[1, 0, 1, 1, 0, 0], [0, 1, 1, 0, 1, 1], [1, 1, 0, 0, 0, 1]], dtype=torch.bool)
+    y_noisy = y + 0.3 * torch.randn_like(y)  # not exactly representable: a real fit
+    restore_layer(layer, x, y_noisy, mask)
+    W, b = _reference_rows(x.double().numpy(), y_noisy.double().numpy(), mask.numpy(), bias=True)
+    np.testing.assert_allclose(layer.weight.detach().numpy(), W, atol=1e-5)
+    np.testing.assert_allclose(layer.bias.detach().numpy(), b, atol=1e-5)
+    assert torch.all(layer.weight[~mask] == 0)
+
+
+def _im2col_by_hand(x: np.ndarray, k: int, pad: int) -> np.ndarray:
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    rows = []
+    for i in range(n):
+        for p in range(h + 2 * pad - k + 1):
+            for q in range(w + 2 * pad - k + 1):
+                rows.append(xp[i, :, p:p + k, q:q + k].reshape(-1))
+    return np.array(rows)
+
+
+def test_conv_im2col_and_fit_match_numpy():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(2, 4, 3, padding=1, bias=False)
+    x = torch.randn(3, 2, 5, 5)
+    X = patches(conv, x).numpy()
+    np.testing.assert_allclose(X, _im2col_by_hand(x.numpy(), 3, 1), atol=1e-6)
+    y = conv(x).detach() + 0.1 * torch.randn(3, 4, 5, 5)
+    mask = layer_magnitude_mask(conv.weight, 0.5)
+    restore_layer(conv, x, y, mask)
+    Y = y.numpy().transpose(0, 2, 3, 1).reshape(-1, 4)
+    W, _ = _reference_rows(X.astype(np.float64), Y.astype(np.float64), mask.reshape(4, -1).numpy(), bias=False)
+    np.testing.assert_allclose(conv.weight.detach().reshape(4, -1).numpy(), W, atol=1e-5)
+
+
+def test_depthwise_conv_fits_each_group_on_its_own_channel():
+    torch.manual_seed(2)
+    conv = nn.Conv2d(3, 3, 3, padding=1, groups=3)
+    x = torch.randn(4, 3, 6, 6)
+    y = conv(x).detach() + 0.05 * torch.randn(4, 3, 6, 6)
+    mask = layer_magnitude_mask(conv.weight, 0.6)
+    restore_layer(conv, x, y, mask)
+    X = patches(nn.Conv2d(1, 1, 3, padding=1), x.reshape(12, 1, 6, 6)).numpy().reshape(4, 3, 36, 9)
+    for k in range(3):
+        Xk = X[:, k].reshape(-1, 9).astype(np.float64)
+        Yk = y[:, k].reshape(-1, 1).numpy().astype(np.float64)
+        W, b = _reference_rows(Xk, Yk, mask[k].reshape(1, -1).numpy(), bias=True)
+        np.testing.assert_allclose(conv.weight[k].detach().reshape(-1).numpy(), W[0], atol=1e-4)
+        assert conv.bias[k].item() == pytest.approx(b[0], abs=1e-4)
+
+
+@pytest.mark.parametrize("density", [0.2, 0.5, 0.8])
+def test_restored_error_not_worse_than_magnitude(density):
+    torch.manual_seed(3)
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    x = torch.relu(torch.randn(16, 8, 6, 6))
+    y = conv(x).detach()
+    mask = layer_magnitude_mask(conv.weight, density)
+    with torch.no_grad():
+        conv.weight.mul_(mask)
+    with torch.no_grad():
+        magnitude_err = float(((conv(x) - y) ** 2).mean())
+    restored_err = restore_layer(conv, x, y, mask)
+    assert restored_err <= magnitude_err
+    assert restored_err < 0.8 * magnitude_err  # and it actually helps
+    assert int((conv.weight != 0).sum()) <= int(mask.sum())
+
+
+def test_full_support_recovers_the_layer_exactly():
+    torch.manual_seed(4)
+    original = nn.Conv2d(3, 5, 3)
+    x = torch.randn(8, 3, 7, 7)
+    y = original(x).detach()
+    layer = nn.Conv2d(3, 5, 3)  # different random init
+    restore_layer(layer, x, y)
+    np.testing.assert_allclose(layer.weight.detach().numpy(), original.weight.detach().numpy(), atol=1e-4)
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError, match="Conv2d or Linear"):
+        restore_layer(nn.BatchNorm2d(3), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4))
+    layer = nn.Linear(4, 2)
+    with pytest.raises(ValueError, match="same samples"):
+        restore_layer(layer, torch.randn(5, 4), torch.randn(6, 2))
