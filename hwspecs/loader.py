@@ -159,10 +159,10 @@ def _parse(root: Node, problems: Problems) -> HardwareSpec | Any:
     }
     level_sections = _levels(top.values["levels"], problems) if top.has("levels") else INVALID
     if level_sections is not INVALID:
-        check_levels(level_sections, top.values["levels"], problems)
+        check_levels(level_sections, top.keys["levels"], problems)
         values["levels"] = tuple(level for level, _ in level_sections)
     if values["mac_pj"] is not INVALID and values["word_bits"] is not INVALID:
-        check_mac_width(values["mac_pj"], values["word_bits"], top.values["mac_pj"], problems)
+        check_mac_width(values["mac_pj"], values["word_bits"], top.keys["mac_pj"], problems)
     if values["dataflows"] is not INVALID and values["levels"] is not INVALID:
         check_dataflows(values["dataflows"], top.values["dataflows"].value, values["levels"], problems)
     if problems or any(v is INVALID for v in values.values()):

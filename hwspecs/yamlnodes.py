@@ -57,8 +57,11 @@ def scalar(node: ScalarNode) -> Any:
 
     Scalars with other tags (timestamps, custom ``!tags``) come back as their text."""
     if node.tag in (_NULL, _BOOL, _INT, _FLOAT):
-        # A fresh constructor each time: it caches every node it builds.
-        return yaml.constructor.SafeConstructor().construct_object(node)
+        try:
+            # A fresh constructor each time: it caches every node it builds.
+            return yaml.constructor.SafeConstructor().construct_object(node)
+        except (ValueError, yaml.YAMLError):  # e.g. "!!int abc": the type checks report it
+            return node.value
     return node.value
 
 
