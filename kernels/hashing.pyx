@@ -1,0 +1,409 @@
+# cython: boundscheck=False, cdivision=True
+"""Cython kernels of the SLIDE hashed layer: hash codes, bucket tables, active-set forward
+(per sample and grouped per neuron) and the sparse backward update.
+
+Every function checks dtypes, shapes and ranges in Python before the C loop runs
+(kernels/hashing_core.h). The Python API on top is kernels/slide.py.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+
+cnp.import_array()
+
+cdef extern from "hashing_core.h" nogil:
+    uint32_t JC_EMPTY
+    void jc_simhash(const float *x, int64_t n, int64_t d, const float *proj, int L, int K,
+                    uint32_t *codes, int nthreads)
+    void jc_dwta(const float *x, int64_t n, int64_t d, const int32_t *idx, int L, int K,
+                 int m, int log2m, uint32_t *codes, int nthreads)
+    void jc_build_tables(const uint32_t *codes, int64_t N, int L, int code_bits,
+                         int slot_bits, int32_t *offsets, int32_t *ids, uint32_t *ecodes,
+                         int nthreads)
+    int64_t jc_bounds(const uint32_t *qcodes, int64_t B, int L, int code_bits, int slot_bits,
+                      const int32_t *offsets, int64_t *bound)
+    void jc_collect(const uint32_t *qcodes, int64_t B, int L, int code_bits, int slot_bits,
+                    const int32_t *offsets, const int32_t *ids, const uint32_t *ecodes,
+                    int64_t N, const int64_t *start, int32_t *buf, int64_t *count,
+                    int nthreads)
+    void jc_pair_dots(const float *x, int64_t d, const float *W, const float *bias,
+                      const int32_t *sample, const int32_t *indices, int64_t nnz,
+                      float *values, int nthreads)
+    void jc_mark(const uint32_t *qcodes, int64_t B, int L, int code_bits, int slot_bits,
+                 const int32_t *offsets, const int32_t *ids, const uint32_t *ecodes,
+                 int64_t N, uint64_t *bits, int nthreads)
+    int jc_threads(int requested)
+    void jc_count_marks(const uint64_t *bits, int64_t B, int64_t N, int T, int64_t *cnt,
+                        int64_t *distinct)
+    void jc_grouped_dots(const uint64_t *bits, const float *x, int64_t B, int64_t d,
+                         const float *W, const float *bias, int64_t N, int T,
+                         int64_t *cursor, int32_t *indices, float *values)
+    void jc_prefix_union(const uint32_t *qcodes, int64_t B, int L, int code_bits,
+                         int slot_bits, const int32_t *offsets, const int32_t *ids,
+                         const uint32_t *ecodes, int64_t N, int64_t *sizes, int nthreads)
+    void jc_sparse_backward(const float *x, int64_t B, int64_t d, float *W, float *bias,
+                            const int64_t *indptr, const int32_t *indices, const float *g,
+                            float lr, float *grad_x, int nthreads)
+
+EMPTY_CODE = int(JC_EMPTY)
+MAX_CODE_BITS = 31
+# Samples per grouped pass: bounds the per-neuron bitmap at N * 4 words.
+GROUP_CHUNK = 256
+
+
+def _matrix(a, name, dtype, cols=None):
+    """a as a C-contiguous 2-D array of dtype; wrong dtype or rank is an error, not a cast."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
+    if cols is not None and a.shape[1] != cols:
+        raise ValueError(f"{name} must have {cols} columns, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _vector(a, name, dtype, length):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
+    if a.ndim != 1 or a.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), got {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _finite(a, name):
+    if a.size and not np.isfinite(a).all():
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
+
+
+def simhash_codes(x, proj, int L, int K, int nthreads=0):
+    """SimHash codes [n, L] (uint32, K low bits) of the rows of x [n, d] float32.
+
+    proj [d, L*K] float32 holds the projections (entries -1, 0, +1); bit k of table l is
+    (x . proj[:, l*K + k] > 0).
+    """
+    if not 1 <= K <= MAX_CODE_BITS:
+        raise ValueError(f"K must be in 1..{MAX_CODE_BITS} for SimHash, got {K}")
+    if L < 1:
+        raise ValueError(f"L must be >= 1, got {L}")
+    x = _matrix(x, "x", np.float32)
+    proj = _matrix(proj, "proj", np.float32, cols=L * K)
+    if proj.shape[0] != x.shape[1]:
+        raise ValueError(f"proj must have {x.shape[1]} rows (input features), got {proj.shape[0]}")
+    _finite(x, "x")
+    codes = np.empty((x.shape[0], L), dtype=np.uint32)
+    cdef float[:, ::1] xv = x
+    cdef float[:, ::1] pv = proj
+    cdef uint32_t[:, ::1] cv = codes
+    if x.shape[0] and x.shape[1]:
+        with nogil:
+            jc_simhash(&xv[0, 0], xv.shape[0], xv.shape[1], &pv[0, 0], L, K, &cv[0, 0], nthreads)
+    elif x.shape[0]:
+        codes[:] = 0
+    return codes
+
+
+def dwta_codes(x, idx, int L, int K, int bin_size, int nthreads=0):
+    """Densified winner-take-all codes [n, L] (uint32) of the rows of x [n, d] float32.
+
+    idx [L*K, bin_size] int32: the coordinates of each bin. A row whose every bin in a table
+    is all-zero gets EMPTY_CODE for that table (it matches no neuron).
+    """
+    if bin_size < 2 or bin_size & (bin_size - 1):
+        raise ValueError(f"bin_size must be a power of two >= 2, got {bin_size}")
+    cdef int log2m = int(bin_size).bit_length() - 1
+    if K < 1 or K * log2m > MAX_CODE_BITS:
+        raise ValueError(f"K must be in 1..{MAX_CODE_BITS // log2m} for DWTA with bin_size "
+                         f"{bin_size}, got {K}")
+    if L < 1:
+        raise ValueError(f"L must be >= 1, got {L}")
+    x = _matrix(x, "x", np.float32)
+    idx = _matrix(idx, "idx", np.int32, cols=bin_size)
+    if idx.shape[0] != L * K:
+        raise ValueError(f"idx must have L*K = {L * K} rows, got {idx.shape[0]}")
+    if idx.size and (idx.min() < 0 or idx.max() >= x.shape[1]):
+        raise ValueError(f"idx entries must be in [0, {x.shape[1]}), got "
+                         f"[{idx.min()}, {idx.max()}]")
+    _finite(x, "x")
+    codes = np.empty((x.shape[0], L), dtype=np.uint32)
+    cdef float[:, ::1] xv = x
+    cdef int32_t[:, ::1] iv = idx
+    cdef uint32_t[:, ::1] cv = codes
+    if x.shape[0]:
+        with nogil:
+            jc_dwta(&xv[0, 0], xv.shape[0], xv.shape[1], &iv[0, 0], L, K, bin_size, log2m,
+                    &cv[0, 0], nthreads)
+    return codes
+
+
+cdef class BucketTables:
+    """L bucket tables over N neurons, built from their codes [N, L] (uint32).
+
+    Table l groups the neurons by code; `slot_bits` = min(code_bits, max(ceil(log2 N), 4))
+    slots per table, each slot a contiguous run of (neuron id, code). Lookups filter on the
+    full code, so the slot fold affects only memory, never which neurons match.
+    """
+    cdef readonly int L, code_bits, slot_bits
+    cdef readonly int64_t N
+    cdef readonly object offsets, ids, codes_sorted, codes
+    cdef public int64_t last_distinct  # rows loaded by the last forward_grouped (per chunk)
+
+    def __init__(self, codes, int code_bits, int nthreads=0):
+        if not 1 <= code_bits <= MAX_CODE_BITS:
+            raise ValueError(f"code_bits must be in 1..{MAX_CODE_BITS}, got {code_bits}")
+        codes = _matrix(codes, "codes", np.uint32)
+        if codes.shape[1] < 1:
+            raise ValueError("codes must have at least one table (column)")
+        bad = (codes != np.uint32(EMPTY_CODE)) & (codes >> np.uint32(code_bits) != 0)
+        if bad.any():
+            raise ValueError(f"codes must fit in {code_bits} bits (or be EMPTY_CODE)")
+        self.N = codes.shape[0]
+        self.L = codes.shape[1]
+        self.code_bits = code_bits
+        self.slot_bits = min(code_bits, max(4, int(max(self.N - 1, 1)).bit_length()))
+        self.codes = codes
+        S = 1 << self.slot_bits
+        self.offsets = np.zeros((self.L, S + 1), dtype=np.int32)
+        self.ids = np.zeros((self.L, max(self.N, 1)), dtype=np.int32)
+        self.codes_sorted = np.zeros((self.L, max(self.N, 1)), dtype=np.uint32)
+        cdef uint32_t[:, ::1] cv = codes
+        cdef int32_t[:, ::1] ov = self.offsets
+        cdef int32_t[:, ::1] iv = self.ids
+        cdef uint32_t[:, ::1] ev = self.codes_sorted
+        if self.N:
+            with nogil:
+                jc_build_tables(&cv[0, 0], self.N, self.L, self.code_bits, self.slot_bits,
+                                &ov[0, 0], &iv[0, 0], &ev[0, 0], nthreads)
+
+    def bucket_sizes(self):
+        """[L, 2**slot_bits] int32: entries per slot (all codes of that slot together)."""
+        return np.diff(self.offsets, axis=1)
+
+    def _queries(self, qcodes, L_use=None):
+        qcodes = _matrix(qcodes, "query codes", np.uint32)
+        if qcodes.shape[1] != self.L:
+            raise ValueError(f"query codes must have {self.L} columns (tables), got {qcodes.shape[1]}")
+        if L_use is not None and L_use != self.L:
+            if not 1 <= L_use <= self.L:
+                raise ValueError(f"L_use must be in 1..{self.L}, got {L_use}")
+        bad = (qcodes != np.uint32(EMPTY_CODE)) & (qcodes >> np.uint32(self.code_bits) != 0)
+        if bad.any():
+            raise ValueError(f"query codes must fit in {self.code_bits} bits (or be EMPTY_CODE)")
+        return qcodes
+
+    def active_sets(self, qcodes, int nthreads=0):
+        """Per query, the union of its buckets over all L tables, as CSR (indptr int64
+        [B+1], indices int32). Ids are unique per query, in discovery order (table by table)."""
+        qcodes = self._queries(qcodes)
+        cdef int64_t B = qcodes.shape[0]
+        bound = np.zeros(B, dtype=np.int64)
+        cdef uint32_t[:, ::1] qv = qcodes
+        cdef int32_t[:, ::1] ov = self.offsets
+        cdef int32_t[:, ::1] iv = self.ids
+        cdef uint32_t[:, ::1] ev = self.codes_sorted
+        cdef int64_t[::1] bv = bound
+        cdef int64_t total = 0
+        if B == 0:
+            return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32)
+        with nogil:
+            total = jc_bounds(&qv[0, 0], B, self.L, self.code_bits, self.slot_bits,
+                              &ov[0, 0], &bv[0])
+        start = np.zeros(B, dtype=np.int64)
+        np.cumsum(bound[:-1], out=start[1:])
+        buf = np.empty(max(total, 1), dtype=np.int32)
+        count = np.zeros(B, dtype=np.int64)
+        cdef int64_t[::1] sv = start
+        cdef int32_t[::1] bufv = buf
+        cdef int64_t[::1] cntv = count
+        with nogil:
+            jc_collect(&qv[0, 0], B, self.L, self.code_bits, self.slot_bits, &ov[0, 0],
+                       &iv[0, 0], &ev[0, 0], self.N, &sv[0], &bufv[0], &cntv[0], nthreads)
+        indptr = np.zeros(B + 1, dtype=np.int64)
+        np.cumsum(count, out=indptr[1:])
+        if indptr[-1] == total:
+            return indptr, buf[:total]
+        keep = np.repeat(start - indptr[:-1], count) + np.arange(indptr[-1], dtype=np.int64)
+        return indptr, buf[keep]
+
+    def prefix_union_sizes(self, qcodes, int nthreads=0):
+        """[B, L] int64: size of each query's union over tables 0..l (for choosing L)."""
+        qcodes = self._queries(qcodes)
+        cdef int64_t B = qcodes.shape[0]
+        sizes = np.zeros((B, self.L), dtype=np.int64)
+        if B == 0:
+            return sizes
+        cdef uint32_t[:, ::1] qv = qcodes
+        cdef int32_t[:, ::1] ov = self.offsets
+        cdef int32_t[:, ::1] iv = self.ids
+        cdef uint32_t[:, ::1] ev = self.codes_sorted
+        cdef int64_t[:, ::1] zv = sizes
+        with nogil:
+            jc_prefix_union(&qv[0, 0], B, self.L, self.code_bits, self.slot_bits, &ov[0, 0],
+                            &iv[0, 0], &ev[0, 0], self.N, &zv[0, 0], nthreads)
+        return sizes
+
+    def _check_layer(self, x, W, bias):
+        W = _matrix(W, "weight", np.float32)
+        if W.shape[0] != self.N:
+            raise ValueError(f"weight must have {self.N} rows (neurons), got {W.shape[0]}")
+        x = _matrix(x, "x", np.float32, cols=W.shape[1])
+        if bias is not None:
+            bias = _vector(bias, "bias", np.float32, self.N)
+        return x, W, bias
+
+    def forward_per_sample(self, x, W, bias, qcodes, int nthreads=0):
+        """Active-set forward gathering rows sample by sample: (indptr, indices, values) with
+        values[p] = W[indices[p]] . x[b] + bias[indices[p]] for p in sample b's range."""
+        x, W, bias = self._check_layer(x, W, bias)
+        qcodes = self._queries(qcodes)
+        if qcodes.shape[0] != x.shape[0]:
+            raise ValueError(f"query codes must have {x.shape[0]} rows, got {qcodes.shape[0]}")
+        indptr, indices = self.active_sets(qcodes, nthreads)
+        cdef int64_t nnz = indices.shape[0]
+        values = np.empty(nnz, dtype=np.float32)
+        if nnz == 0 or W.shape[1] == 0:
+            values[:] = 0 if bias is None else bias[indices]
+            return indptr, indices, values
+        sample = np.repeat(np.arange(x.shape[0], dtype=np.int32), np.diff(indptr))
+        cdef float[:, ::1] xv = x
+        cdef float[:, ::1] wv = W
+        cdef const float *bp = NULL
+        cdef float[::1] biasv
+        if bias is not None:
+            biasv = bias
+            bp = &biasv[0]
+        cdef int32_t[::1] smv = sample
+        cdef int32_t[::1] inv = indices
+        cdef float[::1] vv = values
+        with nogil:
+            jc_pair_dots(&xv[0, 0], xv.shape[1], &wv[0, 0], bp, &smv[0], &inv[0], nnz,
+                         &vv[0], nthreads)
+        return indptr, indices, values
+
+    def forward_grouped(self, x, W, bias, qcodes, int nthreads=0):
+        """Active-set forward grouped per neuron: each selected weight row is loaded once for
+        all samples of a chunk (GROUP_CHUNK samples) that selected it. Same result as
+        forward_per_sample, with ids sorted within each sample."""
+        x, W, bias = self._check_layer(x, W, bias)
+        qcodes = self._queries(qcodes)
+        if qcodes.shape[0] != x.shape[0]:
+            raise ValueError(f"query codes must have {x.shape[0]} rows, got {qcodes.shape[0]}")
+        cdef int64_t B = x.shape[0]
+        self.last_distinct = 0
+        if B == 0:
+            return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+        parts = [self._grouped_chunk(x[i:i + GROUP_CHUNK], W, bias, qcodes[i:i + GROUP_CHUNK], nthreads)
+                 for i in range(0, B, GROUP_CHUNK)]
+        if len(parts) == 1:
+            return parts[0]
+        counts = np.concatenate([np.diff(p[0]) for p in parts])
+        indptr = np.zeros(B + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return (indptr, np.concatenate([p[1] for p in parts]),
+                np.concatenate([p[2] for p in parts]))
+
+    def _grouped_chunk(self, x, W, bias, qcodes, int nthreads):
+        cdef int64_t B = x.shape[0]
+        cdef int64_t N = self.N
+        cdef int64_t d = W.shape[1]
+        cdef int T = max(1, jc_threads(nthreads))
+        cdef int64_t nw = (B + 63) // 64
+        bits = np.empty(max(nw * N, 1), dtype=np.uint64)
+        cdef uint64_t[::1] bitv = bits
+        cdef uint32_t[:, ::1] qv = qcodes
+        cdef int32_t[:, ::1] ov = self.offsets
+        cdef int32_t[:, ::1] iv = self.ids
+        cdef uint32_t[:, ::1] ev = self.codes_sorted
+        if N == 0:
+            return np.zeros(B + 1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+        with nogil:
+            jc_mark(&qv[0, 0], B, self.L, self.code_bits, self.slot_bits, &ov[0, 0],
+                    &iv[0, 0], &ev[0, 0], N, &bitv[0], nthreads)
+        cnt = np.zeros((T, B), dtype=np.int64)
+        distinct = np.zeros(T, dtype=np.int64)
+        cdef int64_t[:, ::1] cntv = cnt
+        cdef int64_t[::1] dv = distinct
+        with nogil:
+            jc_count_marks(&bitv[0], B, N, T, &cntv[0, 0], &dv[0])
+        self.last_distinct += int(distinct.sum())
+        per_sample = cnt.sum(axis=0)
+        indptr = np.zeros(B + 1, dtype=np.int64)
+        np.cumsum(per_sample, out=indptr[1:])
+        # cursor[t, b]: where thread t's share of sample b starts
+        cursor = np.ascontiguousarray(indptr[:-1][None, :] + np.cumsum(cnt, axis=0) - cnt)
+        cdef int64_t nnz = indptr[-1]
+        indices = np.empty(max(nnz, 1), dtype=np.int32)
+        values = np.empty(max(nnz, 1), dtype=np.float32)
+        if nnz == 0:
+            return indptr, indices[:0], values[:0]
+        if d == 0:
+            x = np.zeros((B, 1), dtype=np.float32)
+            W = np.zeros((N, 1), dtype=np.float32)
+            d = 1
+        cdef float[:, ::1] xv = x
+        cdef float[:, ::1] wv = W
+        cdef const float *bp = NULL
+        cdef float[::1] biasv
+        if bias is not None:
+            biasv = bias
+            bp = &biasv[0]
+        cdef int64_t[:, ::1] curv = cursor
+        cdef int32_t[::1] inv = indices
+        cdef float[::1] vv = values
+        with nogil:
+            jc_grouped_dots(&bitv[0], &xv[0, 0], B, d, &wv[0, 0], bp, N, T, &curv[0, 0],
+                            &inv[0], &vv[0])
+        return indptr, indices[:nnz], values[:nnz]
+
+
+def sparse_backward(x, W, bias, indptr, indices, grad, float lr, int nthreads=0):
+    """Sparse SGD step for y[b, n] = W[n] . x[b] + bias[n] over active pairs only.
+
+    grad[p] is dLoss/dy for pair p (CSR indptr/indices over samples). Updates W and bias
+    in place (only the rows listed in indices) and returns grad_x [B, d] computed with the
+    weights before the update. W and bias must be C-contiguous float32 (they are written).
+    """
+    if not isinstance(W, np.ndarray) or W.dtype != np.float32 or W.ndim != 2 or not W.flags.c_contiguous:
+        raise TypeError("weight must be a C-contiguous 2-D float32 numpy.ndarray (updated in place)")
+    if not W.flags.writeable:
+        raise ValueError("weight must be writeable")
+    cdef int64_t N = W.shape[0]
+    cdef int64_t d = W.shape[1]
+    x = _matrix(x, "x", np.float32, cols=d)
+    cdef int64_t B = x.shape[0]
+    if bias is not None:
+        if not isinstance(bias, np.ndarray) or bias.dtype != np.float32 or bias.shape != (N,) \
+                or not bias.flags.c_contiguous or not bias.flags.writeable:
+            raise TypeError(f"bias must be a writeable C-contiguous float32 array of shape ({N},)")
+    indptr = _vector(indptr, "indptr", np.int64, B + 1)
+    if indptr[0] != 0 or (np.diff(indptr) < 0).any():
+        raise ValueError("indptr must start at 0 and be non-decreasing")
+    cdef int64_t nnz = int(indptr[-1])
+    indices = _vector(indices, "indices", np.int32, nnz)
+    grad = _vector(grad, "grad", np.float32, nnz)
+    if nnz and (indices.min() < 0 or indices.max() >= N):
+        raise ValueError(f"indices must be in [0, {N}), got [{indices.min()}, {indices.max()}]")
+    _finite(grad, "grad")
+    grad_x = np.zeros((B, d), dtype=np.float32)
+    if B == 0 or d == 0 or nnz == 0:
+        if bias is not None and nnz:
+            np.subtract.at(bias, indices, lr * grad)
+        return grad_x
+    cdef float[:, ::1] xv = x
+    cdef float[:, ::1] wv = W
+    cdef float *bp = NULL
+    cdef float[::1] biasv
+    if bias is not None:
+        biasv = bias
+        bp = &biasv[0]
+    cdef int64_t[::1] ipv = indptr
+    cdef int32_t[::1] inv = indices
+    cdef float[::1] gv = grad
+    cdef float[:, ::1] gxv = grad_x
+    with nogil:
+        jc_sparse_backward(&xv[0, 0], B, d, &wv[0, 0], bp, &ipv[0], &inv[0], &gv[0], lr,
+                           &gxv[0, 0], nthreads)
+    return grad_x

@@ -1,0 +1,445 @@
+/* C core of the SLIDE hashed layer (kernels/hashing.pyx wraps it).
+ *
+ * All inputs are validated by the Cython wrapper before these functions run:
+ * pointers are C-contiguous, ids are in range, sizes match. Nothing here allocates
+ * Python objects or takes the GIL.
+ *
+ * Bucket tables: for table l, entries (neuron id, full code) are grouped by slot; slot =
+ * the code itself when the code has few bits, else a multiplicative fold of it. A lookup
+ * reads one slot range and keeps only entries whose full code equals the query's, so the
+ * fold never changes which neurons match, only how compact the tables are.
+ */
+#ifndef JOULECUT_HASHING_CORE_H
+#define JOULECUT_HASHING_CORE_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Code of a row for which every DWTA bin was empty (all-zero input): matches no neuron. */
+#define JC_EMPTY 0xFFFFFFFFu
+
+static inline int jc_threads(int requested) {
+#ifdef _OPENMP
+    return requested > 0 ? requested : omp_get_max_threads();
+#else
+    (void)requested;
+    return 1;
+#endif
+}
+
+static inline uint32_t jc_slot(uint32_t code, int code_bits, int slot_bits) {
+    if (code_bits <= slot_bits) return code;
+    return (code * 0x9E3779B1u) >> (32 - slot_bits);
+}
+
+/* 16-float vectors through GCC's vector extension: one zmm with AVX-512, split into
+ * narrower registers in the portable build. aligned(4): loads need no 64-byte alignment. */
+typedef float jc_v16 __attribute__((vector_size(64), aligned(4)));
+
+static inline jc_v16 jc_load(const float *p) { jc_v16 v; memcpy(&v, p, sizeof v); return v; }
+
+static inline float jc_hsum(jc_v16 v) {
+    float s = 0.0f;
+    for (int i = 0; i < 16; i++) s += v[i];
+    return s;
+}
+
+/* Two accumulators so consecutive FMAs do not wait on each other. */
+static inline float jc_dot(const float *a, const float *b, int64_t d) {
+    jc_v16 s0 = {0}, s1 = {0};
+    int64_t j = 0;
+    for (; j + 32 <= d; j += 32) {
+        s0 += jc_load(a + j) * jc_load(b + j);
+        s1 += jc_load(a + j + 16) * jc_load(b + j + 16);
+    }
+    for (; j + 16 <= d; j += 16) s0 += jc_load(a + j) * jc_load(b + j);
+    float acc = jc_hsum(s0 + s1);
+    for (; j < d; j++) acc += a[j] * b[j];
+    return acc;
+}
+
+/* One weight row against four inputs: each load of w feeds four independent FMAs. */
+static inline void jc_dot4(const float *w, const float *x0, const float *x1, const float *x2,
+                           const float *x3, int64_t d, float *out) {
+    jc_v16 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+    int64_t j = 0;
+    for (; j + 16 <= d; j += 16) {
+        const jc_v16 wv = jc_load(w + j);
+        s0 += wv * jc_load(x0 + j);
+        s1 += wv * jc_load(x1 + j);
+        s2 += wv * jc_load(x2 + j);
+        s3 += wv * jc_load(x3 + j);
+    }
+    float a0 = jc_hsum(s0), a1 = jc_hsum(s1), a2 = jc_hsum(s2), a3 = jc_hsum(s3);
+    for (; j < d; j++) {
+        a0 += w[j] * x0[j]; a1 += w[j] * x1[j]; a2 += w[j] * x2[j]; a3 += w[j] * x3[j];
+    }
+    out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
+}
+
+/* ---------------------------------------------------------------- hash codes */
+
+/* SimHash: bit k of table l is sign(x . proj[:, l*K + k]) > 0. proj is [d, P] row-major
+ * (P = L*K, entries -1/0/+1). The sum over j runs in a fixed order for every row, so a
+ * row gets the same code whether it is hashed alone or in a batch. */
+static void jc_simhash(const float *x, int64_t n, int64_t d, const float *proj,
+                       int L, int K, uint32_t *codes, int nthreads) {
+    const int64_t P = (int64_t)L * K;
+    #pragma omp parallel num_threads(jc_threads(nthreads)) if (n * P * d > (1 << 20))
+    {
+        float *acc = (float *)malloc(sizeof(float) * (size_t)(P > 0 ? P : 1));
+        #pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            const float *xi = x + i * d;
+            for (int64_t p = 0; p < P; p++) acc[p] = 0.0f;
+            for (int64_t j = 0; j < d; j++) {
+                const float v = xi[j];
+                if (v == 0.0f) continue;          /* sparse inputs: skip zero coordinates */
+                const float *pj = proj + j * P;
+                for (int64_t p = 0; p < P; p++) acc[p] += v * pj[p];
+            }
+            for (int l = 0; l < L; l++) {
+                uint32_t c = 0;
+                for (int k = 0; k < K; k++) c |= (uint32_t)(acc[(int64_t)l * K + k] > 0.0f) << k;
+                codes[i * L + l] = c;
+            }
+        }
+        free(acc);
+    }
+}
+
+/* Densified winner-take-all. idx is [L*K, m]: the m coordinates of each bin. A bin's value
+ * is the position (0..m-1) of the first maximum among its coordinates; a bin whose
+ * coordinates are all zero is empty and borrows the value of another bin of the same table
+ * chosen by a fixed probe sequence (densified one-permutation hashing). The table code
+ * packs the K bin values, log2(m) bits each. */
+static void jc_dwta(const float *x, int64_t n, int64_t d, const int32_t *idx, int L, int K,
+                    int m, int log2m, uint32_t *codes, int nthreads) {
+    #pragma omp parallel num_threads(jc_threads(nthreads))
+    {
+        int *bins = (int *)malloc(sizeof(int) * (size_t)K);
+        #pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            const float *xi = x + i * d;
+            for (int l = 0; l < L; l++) {
+                int n_full = 0;
+                for (int k = 0; k < K; k++) {
+                    const int32_t *ix = idx + ((int64_t)l * K + k) * m;
+                    int best = -1;
+                    float bv = 0.0f;
+                    for (int t = 0; t < m; t++) {
+                        const float v = xi[ix[t]];
+                        if (v == 0.0f) continue;
+                        if (best < 0 || v > bv) { best = t; bv = v; }
+                    }
+                    /* a bin with only non-positive nonzeros still has a winner */
+                    bins[k] = best;
+                    n_full += best >= 0;
+                }
+                if (n_full == 0) { codes[i * L + l] = JC_EMPTY; continue; }
+                uint32_t c = 0;
+                for (int k = 0; k < K; k++) {
+                    int v = bins[k];
+                    if (v < 0) {
+                        /* probe donors h(l, k, a); after 2K misses take the next full bin */
+                        int found = -1;
+                        for (uint32_t a = 1; a <= (uint32_t)(2 * K) && found < 0; a++) {
+                            uint32_t h = ((uint32_t)l * 0x85EBCA6Bu) ^ ((uint32_t)k * 0xC2B2AE35u)
+                                         ^ (a * 0x27D4EB2Fu);
+                            h ^= h >> 15; h *= 0x2C1B3C6Du; h ^= h >> 12;
+                            int donor = (int)(h % (uint32_t)K);
+                            if (bins[donor] >= 0) found = bins[donor];
+                        }
+                        for (int s = 1; s < K && found < 0; s++)
+                            if (bins[(k + s) % K] >= 0) found = bins[(k + s) % K];
+                        v = found;
+                    }
+                    c |= (uint32_t)v << (k * log2m);
+                }
+                codes[i * L + l] = c;
+            }
+        }
+        free(bins);
+    }
+}
+
+/* ---------------------------------------------------------------- tables */
+
+/* Build table l for every l from codes [N, L]: offsets [L, S+1], ids/ecodes [L, N].
+ * Neurons with code JC_EMPTY are left out. Within a slot, ids ascend. */
+static void jc_build_tables(const uint32_t *codes, int64_t N, int L, int code_bits,
+                            int slot_bits, int32_t *offsets, int32_t *ids, uint32_t *ecodes,
+                            int nthreads) {
+    const int64_t S = (int64_t)1 << slot_bits;
+    #pragma omp parallel for schedule(dynamic, 1) num_threads(jc_threads(nthreads))
+    for (int l = 0; l < L; l++) {
+        int32_t *off = offsets + (int64_t)l * (S + 1);
+        int32_t *tid = ids + (int64_t)l * N;
+        uint32_t *tco = ecodes + (int64_t)l * N;
+        memset(off, 0, sizeof(int32_t) * (size_t)(S + 1));
+        for (int64_t i = 0; i < N; i++) {
+            uint32_t c = codes[i * L + l];
+            if (c != JC_EMPTY) off[jc_slot(c, code_bits, slot_bits) + 1]++;
+        }
+        for (int64_t s = 0; s < S; s++) off[s + 1] += off[s];
+        int32_t *cur = (int32_t *)malloc(sizeof(int32_t) * (size_t)S);
+        memcpy(cur, off, sizeof(int32_t) * (size_t)S);
+        for (int64_t i = 0; i < N; i++) {
+            uint32_t c = codes[i * L + l];
+            if (c == JC_EMPTY) continue;
+            int32_t pos = cur[jc_slot(c, code_bits, slot_bits)]++;
+            tid[pos] = (int32_t)i;
+            tco[pos] = c;
+        }
+        free(cur);
+    }
+}
+
+/* ---------------------------------------------------------------- active sets */
+
+/* Upper bound on each query's active-set size: the sum of its slot ranges. */
+static int64_t jc_bounds(const uint32_t *qcodes, int64_t B, int L, int code_bits,
+                         int slot_bits, const int32_t *offsets, int64_t *bound) {
+    const int64_t S = (int64_t)1 << slot_bits;
+    int64_t total = 0;
+    for (int64_t b = 0; b < B; b++) {
+        int64_t t = 0;
+        for (int l = 0; l < L; l++) {
+            uint32_t c = qcodes[b * L + l];
+            if (c == JC_EMPTY) continue;
+            const int32_t *off = offsets + (int64_t)l * (S + 1);
+            uint32_t s = jc_slot(c, code_bits, slot_bits);
+            t += off[s + 1] - off[s];
+        }
+        bound[b] = t;
+        total += t;
+    }
+    return total;
+}
+
+/* Union of each query's buckets over the first L_use tables, deduplicated with a per-thread
+ * stamp array. Writes ids at buf[start[b] ...] (start = prefix of the bounds) and the
+ * count to count[b]. Order: table by table, ascending ids within a bucket. */
+static void jc_collect(const uint32_t *qcodes, int64_t B, int L, int code_bits,
+                       int slot_bits, const int32_t *offsets, const int32_t *ids,
+                       const uint32_t *ecodes, int64_t N, const int64_t *start,
+                       int32_t *buf, int64_t *count, int nthreads) {
+    const int64_t S = (int64_t)1 << slot_bits;
+    #pragma omp parallel num_threads(jc_threads(nthreads)) if (B > 1)
+    {
+        int32_t *stamp = (int32_t *)malloc(sizeof(int32_t) * (size_t)(N > 0 ? N : 1));
+        for (int64_t i = 0; i < N; i++) stamp[i] = -1;
+        #pragma omp for schedule(dynamic, 4)
+        for (int64_t b = 0; b < B; b++) {
+            int32_t *out = buf + start[b];
+            int64_t cnt = 0;
+            for (int l = 0; l < L; l++) {
+                uint32_t c = qcodes[b * L + l];
+                if (c == JC_EMPTY) continue;
+                const int32_t *off = offsets + (int64_t)l * (S + 1);
+                uint32_t s = jc_slot(c, code_bits, slot_bits);
+                const int32_t *tid = ids + (int64_t)l * N;
+                const uint32_t *tco = ecodes + (int64_t)l * N;
+                for (int32_t e = off[s]; e < off[s + 1]; e++) {
+                    if (tco[e] != c) continue;
+                    int32_t nid = tid[e];
+                    if (stamp[nid] == (int32_t)b) continue;
+                    stamp[nid] = (int32_t)b;
+                    out[cnt++] = nid;
+                }
+            }
+            count[b] = cnt;
+        }
+        free(stamp);
+    }
+}
+
+/* Per-sample dot products: values[p] = W[indices[p]] . x[sample[p]] + bias[indices[p]].
+ * Parallel over all (sample, neuron) pairs so one sample still uses every thread. */
+static void jc_pair_dots(const float *x, int64_t d, const float *W, const float *bias,
+                         const int32_t *sample, const int32_t *indices, int64_t nnz,
+                         float *values, int nthreads) {
+    #pragma omp parallel for schedule(static) num_threads(jc_threads(nthreads)) if (nnz > 256)
+    for (int64_t p = 0; p < nnz; p++) {
+        if (p + 8 < nnz) __builtin_prefetch(W + (int64_t)indices[p + 8] * d);
+        const float *w = W + (int64_t)indices[p] * d;
+        values[p] = jc_dot(w, x + (int64_t)sample[p] * d, d) + (bias ? bias[indices[p]] : 0.0f);
+    }
+}
+
+/* ---------------------------------------------------------------- batched (per neuron) */
+
+/* Marks, for every neuron, which samples of the batch selected it: bits[w*N + n] bit s%64 is
+ * set when sample 64w+s hit neuron n in any table. Threads own whole words, so no two
+ * threads write the same word. */
+static void jc_mark(const uint32_t *qcodes, int64_t B, int L, int code_bits, int slot_bits,
+                    const int32_t *offsets, const int32_t *ids, const uint32_t *ecodes,
+                    int64_t N, uint64_t *bits, int nthreads) {
+    const int64_t S = (int64_t)1 << slot_bits;
+    const int64_t nw = (B + 63) / 64;
+    memset(bits, 0, sizeof(uint64_t) * (size_t)(nw * N));
+    #pragma omp parallel for schedule(static) num_threads(jc_threads(nthreads)) if (nw > 1)
+    for (int64_t w = 0; w < nw; w++) {
+        uint64_t *bw = bits + w * N;
+        int64_t b1 = (w + 1) * 64 < B ? (w + 1) * 64 : B;
+        for (int64_t b = w * 64; b < b1; b++) {
+            const uint64_t mask = (uint64_t)1 << (b & 63);
+            for (int l = 0; l < L; l++) {
+                uint32_t c = qcodes[b * L + l];
+                if (c == JC_EMPTY) continue;
+                const int32_t *off = offsets + (int64_t)l * (S + 1);
+                uint32_t s = jc_slot(c, code_bits, slot_bits);
+                const int32_t *tid = ids + (int64_t)l * N;
+                const uint32_t *tco = ecodes + (int64_t)l * N;
+                for (int32_t e = off[s]; e < off[s + 1]; e++)
+                    if (tco[e] == c) bw[tid[e]] |= mask;
+            }
+        }
+    }
+}
+
+/* Neuron range of thread t out of T (static split, the same in both passes). */
+static inline void jc_range(int64_t N, int t, int T, int64_t *n0, int64_t *n1) {
+    *n0 = N * t / T;
+    *n1 = N * (t + 1) / T;
+}
+
+/* Pass 1: cnt[t*B + b] = how many neurons of thread t's range sample b selected;
+ * distinct[t] = how many neurons of that range any sample selected. */
+static void jc_count_marks(const uint64_t *bits, int64_t B, int64_t N, int T, int64_t *cnt,
+                           int64_t *distinct) {
+    const int64_t nw = (B + 63) / 64;
+    memset(cnt, 0, sizeof(int64_t) * (size_t)(T * B));
+    #pragma omp parallel for schedule(static, 1) num_threads(T)
+    for (int t = 0; t < T; t++) {
+        int64_t n0, n1, dist = 0;
+        jc_range(N, t, T, &n0, &n1);
+        int64_t *ct = cnt + (int64_t)t * B;
+        for (int64_t n = n0; n < n1; n++) {
+            int any = 0;
+            for (int64_t w = 0; w < nw; w++) {
+                uint64_t m = bits[w * N + n];
+                any |= m != 0;
+                while (m) {
+                    ct[w * 64 + __builtin_ctzll(m)]++;
+                    m &= m - 1;
+                }
+            }
+            dist += any;
+        }
+        distinct[t] = dist;
+    }
+}
+
+/* Pass 2: walk neurons in order; load each selected row once and compute it against every
+ * sample that selected it, four samples at a time. cursor[t*B + b] starts where thread t's
+ * part of sample b's output begins (from pass 1), so each sample's ids come out sorted. */
+static void jc_grouped_dots(const uint64_t *bits, const float *x, int64_t B, int64_t d,
+                            const float *W, const float *bias, int64_t N, int T,
+                            int64_t *cursor, int32_t *indices, float *values) {
+    const int64_t nw = (B + 63) / 64;
+    #pragma omp parallel for schedule(static, 1) num_threads(T)
+    for (int t = 0; t < T; t++) {
+        int64_t n0, n1;
+        jc_range(N, t, T, &n0, &n1);
+        int64_t *cur = cursor + (int64_t)t * B;
+        int64_t *sel = (int64_t *)malloc(sizeof(int64_t) * (size_t)(B + 4));
+        for (int64_t n = n0; n < n1; n++) {
+            int64_t k = 0;
+            for (int64_t w = 0; w < nw; w++) {
+                uint64_t m = bits[w * N + n];
+                while (m) {
+                    sel[k++] = w * 64 + __builtin_ctzll(m);
+                    m &= m - 1;
+                }
+            }
+            if (k == 0) continue;
+            const float *wr = W + n * d;
+            const float bn = bias ? bias[n] : 0.0f;
+            int64_t i = 0;
+            float v[4];
+            for (; i + 4 <= k; i += 4) {
+                jc_dot4(wr, x + sel[i] * d, x + sel[i + 1] * d, x + sel[i + 2] * d,
+                        x + sel[i + 3] * d, d, v);
+                for (int u = 0; u < 4; u++) {
+                    const int64_t pos = cur[sel[i + u]]++;
+                    indices[pos] = (int32_t)n;
+                    values[pos] = v[u] + bn;
+                }
+            }
+            for (; i < k; i++) {
+                const int64_t pos = cur[sel[i]]++;
+                indices[pos] = (int32_t)n;
+                values[pos] = jc_dot(wr, x + sel[i] * d, d) + bn;
+            }
+        }
+        free(sel);
+    }
+}
+
+/* For choose_k_l: sizes[b*L + l] = size of sample b's union over tables 0..l. */
+static void jc_prefix_union(const uint32_t *qcodes, int64_t B, int L, int code_bits,
+                            int slot_bits, const int32_t *offsets, const int32_t *ids,
+                            const uint32_t *ecodes, int64_t N, int64_t *sizes, int nthreads) {
+    const int64_t S = (int64_t)1 << slot_bits;
+    #pragma omp parallel num_threads(jc_threads(nthreads)) if (B > 1)
+    {
+        int32_t *stamp = (int32_t *)malloc(sizeof(int32_t) * (size_t)(N > 0 ? N : 1));
+        for (int64_t i = 0; i < N; i++) stamp[i] = -1;
+        #pragma omp for schedule(dynamic, 4)
+        for (int64_t b = 0; b < B; b++) {
+            int64_t cnt = 0;
+            for (int l = 0; l < L; l++) {
+                uint32_t c = qcodes[b * L + l];
+                if (c != JC_EMPTY) {
+                    const int32_t *off = offsets + (int64_t)l * (S + 1);
+                    uint32_t s = jc_slot(c, code_bits, slot_bits);
+                    const int32_t *tid = ids + (int64_t)l * N;
+                    const uint32_t *tco = ecodes + (int64_t)l * N;
+                    for (int32_t e = off[s]; e < off[s + 1]; e++) {
+                        if (tco[e] != c || stamp[tid[e]] == (int32_t)b) continue;
+                        stamp[tid[e]] = (int32_t)b;
+                        cnt++;
+                    }
+                }
+                sizes[b * L + l] = cnt;
+            }
+        }
+        free(stamp);
+    }
+}
+
+/* ---------------------------------------------------------------- sparse backward */
+
+/* grad_x[b] = sum over b's active neurons n of g[p] * W[n] (W before the update), then
+ * W[n] -= lr * g[p] * x[b] and bias[n] -= lr * g[p] for every pair p. The update runs on
+ * one thread: two samples may share a neuron. */
+static void jc_sparse_backward(const float *x, int64_t B, int64_t d, float *W, float *bias,
+                               const int64_t *indptr, const int32_t *indices, const float *g,
+                               float lr, float *grad_x, int nthreads) {
+    #pragma omp parallel for schedule(static) num_threads(jc_threads(nthreads))
+    for (int64_t b = 0; b < B; b++) {
+        float *gx = grad_x + b * d;
+        for (int64_t j = 0; j < d; j++) gx[j] = 0.0f;
+        for (int64_t p = indptr[b]; p < indptr[b + 1]; p++) {
+            const float *w = W + (int64_t)indices[p] * d;
+            const float gp = g[p];
+            for (int64_t j = 0; j < d; j++) gx[j] += gp * w[j];
+        }
+    }
+    for (int64_t b = 0; b < B; b++) {
+        const float *xb = x + b * d;
+        for (int64_t p = indptr[b]; p < indptr[b + 1]; p++) {
+            float *w = W + (int64_t)indices[p] * d;
+            const float s = lr * g[p];
+            for (int64_t j = 0; j < d; j++) w[j] -= s * xb[j];
+            if (bias) bias[indices[p]] -= s;
+        }
+    }
+}
+
+#endif
