@@ -5,6 +5,7 @@ Every problem of a file is reported at once in one ``SpecError``, each as
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from pathlib import Path
@@ -76,9 +77,9 @@ def builtin_path(name: str) -> Path:
 def load_spec(name_or_path: str | os.PathLike[str]) -> HardwareSpec:
     """A built-in spec by name (see ``builtin_names()``) or a spec from a YAML file.
 
-    A string without a path separator and without a .yaml/.yml suffix is a built-in name.
-    The returned spec's ``path`` is the file it was read from. Raises SpecError."""
-    if isinstance(name_or_path, str) and not _looks_like_path(name_or_path):
+    A string without a path separator and without a .yaml/.yml suffix is a built-in name,
+    unless a file of that name exists. The returned spec's ``path`` is the file it was read from. Raises SpecError."""
+    if isinstance(name_or_path, str) and not _looks_like_path(name_or_path) and not Path(name_or_path).is_file():
         path = builtin_path(name_or_path)
     else:
         path = Path(name_or_path)
@@ -93,8 +94,7 @@ def load_spec(name_or_path: str | os.PathLike[str]) -> HardwareSpec:
         raise SpecError([SpecProblem(file, None, "", f"is not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
     except OSError as exc:
         raise SpecError([SpecProblem(file, None, "", f"cannot be read: {exc.strerror}")]) from None
-    spec = load_spec_text(text, file)
-    return HardwareSpec(**{**_fields(spec), "path": file})
+    return dataclasses.replace(load_spec_text(text, file), path=file)
 
 
 def load_spec_text(text: str, file: str = "<string>") -> HardwareSpec:
@@ -112,10 +112,6 @@ def _looks_like_path(text: str) -> bool:
     return os.sep in text or "/" in text or text.endswith((".yaml", ".yml"))
 
 
-def _fields(spec: HardwareSpec) -> dict[str, Any]:
-    return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
-
-
 def _compose(text: str, problems: Problems) -> Node | None:
     """The root node of a single-document YAML text; None after recording why not."""
     try:
@@ -127,6 +123,11 @@ def _compose(text: str, problems: Problems) -> Node | None:
             context += f" (from line {exc.context_mark.line + 1})"
         detail = f"{context}: {exc.problem}" if context and exc.problem else (exc.problem or context)
         problems.add(mark.line + 1 if mark else None, "", f"invalid YAML: {detail}")
+        return None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow; it has no Mark
+        line = text[: exc.position].count("\n") + 1 if isinstance(exc.position, int) else None
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        problems.add(line, "", f"invalid YAML: control character #x{code:04x} is not allowed")
         return None
     except yaml.YAMLError as exc:
         problems.add(None, "", f"invalid YAML: {exc}")

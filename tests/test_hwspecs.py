@@ -127,6 +127,13 @@ def test_load_from_path_sets_path(tmp_path):
     assert load_spec(path) == load_spec(str(path))
 
 
+def test_a_file_without_suffix_is_loaded_when_it_exists(tmp_path, monkeypatch):
+    (tmp_path / "myspec").write_text(builtin_path("cortex-m").read_text())
+    monkeypatch.chdir(tmp_path)
+    assert load_spec("myspec").name == "cortex-m"
+    assert load_spec("myspec").path == "myspec"
+
+
 def test_load_problems_name_the_file(tmp_path):
     missing = tmp_path / "nope.yaml"
     with pytest.raises(SpecError) as info:

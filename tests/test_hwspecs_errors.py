@@ -164,6 +164,12 @@ def test_yaml_syntax_error_has_its_line():
     ]
 
 
+def test_control_character_has_its_line():
+    assert problems(edit("source: hand-written for tests", "source: hand\x07written")) == [
+        "tiny.yaml:3: invalid YAML: control character #x0007 is not allowed"
+    ]
+
+
 def test_empty_file_and_non_mapping_top_level():
     message = "tiny.yaml:1: file is empty; expected a hardware spec (a mapping with name, levels, ...)"
     assert problems("") == [message]
