@@ -78,7 +78,8 @@ def load_spec(name_or_path: str | os.PathLike[str]) -> HardwareSpec:
     """A built-in spec by name (see ``builtin_names()``) or a spec from a YAML file.
 
     A string without a path separator and without a .yaml/.yml suffix is a built-in name,
-    unless a file of that name exists. The returned spec's ``path`` is the file it was read from. Raises SpecError."""
+    unless a file of that name exists. The returned spec's ``path`` is the file it was read
+    from. Raises SpecError (unknown name, unreadable file, or every problem of the file)."""
     if isinstance(name_or_path, str) and not _looks_like_path(name_or_path) and not Path(name_or_path).is_file():
         path = builtin_path(name_or_path)
     else:
