@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from energy.errors import DataError, ModelError
+from energy.errors import DataError, ModelError, OptionError
 from energy.estimator import estimate, estimate_layer, estimate_mapping
 from energy.ir import MAC_KINDS, Graph, Layer, LoopDims, OpKind
 from energy.mapper import Mapping
@@ -22,6 +22,6 @@ def load_model(model, **options):
 
 __all__ = [
     "DataError", "EnergyReport", "Graph", "Layer", "LayerEnergy", "LoopDims", "MAC_KINDS", "Mapping",
-    "ModelError", "OpKind", "OperandAccess", "ReportDiff", "estimate", "estimate_layer", "estimate_mapping", "format_energy",
+    "ModelError", "OpKind", "OptionError", "OperandAccess", "ReportDiff", "estimate", "estimate_layer", "estimate_mapping", "format_energy",
     "load_model",
 ]

@@ -20,3 +20,7 @@ class DataError(ValueError):
     def __init__(self, message: str, file: str | None = None):
         self.file = file
         super().__init__(f"{file}: {message}" if file else message)
+
+
+class OptionError(ValueError):
+    """An option that does not fit the model or hardware (e.g. a dataflow the spec lacks)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from hwspecs.spec import Dataflow, HardwareSpec, Operand
 from energy.dataflow import OPERANDS, BatchCost, HardwareContext, evaluate, hardware_context, layer_context
-from energy.errors import ModelError
+from energy.errors import ModelError, OptionError
 from energy.ir import Graph, Layer, OpKind
 from energy.mapper import Mapping, best_in, search_pool
 from energy.report import EnergyReport, LayerEnergy, OperandAccess
@@ -65,10 +65,10 @@ def _dataflows(spec: HardwareSpec, dataflow: Dataflow | str | None) -> tuple[Dat
         wanted = dataflow if isinstance(dataflow, Dataflow) else Dataflow(str(dataflow).lower())
     except ValueError:
         names = ", ".join(d.value for d in Dataflow)
-        raise ValueError(f"dataflow must be one of {names}, got {dataflow!r}") from None
+        raise OptionError(f"dataflow must be one of {names}, got {dataflow!r}") from None
     if wanted not in spec.dataflows:
         have = ", ".join(d.value for d in spec.dataflows)
-        raise ValueError(f"hardware '{spec.name}' does not support dataflow '{wanted.value}' (it supports {have})")
+        raise OptionError(f"hardware '{spec.name}' does not support dataflow '{wanted.value}' (it supports {have})")
     return (wanted,)
 
 
@@ -233,7 +233,7 @@ def estimate_layer(layer: Layer, spec: HardwareSpec, *, dataflow: Dataflow | str
                    objective: str = "energy", fused: bool = False) -> LayerEnergy:
     """The energy of one layer (MAC layers: best mapping over the allowed dataflows)."""
     if objective not in ("energy", "edp"):
-        raise ValueError(f"objective must be 'energy' or 'edp', got {objective!r}")
+        raise OptionError(f"objective must be 'energy' or 'edp', got {objective!r}")
     if layer.is_mac:
         return _mac_layer(layer, spec, _dataflows(spec, dataflow), objective)
     return _vector_layer(layer, spec, fused)
@@ -254,7 +254,7 @@ def estimate(model, spec: HardwareSpec | str | os.PathLike, *, dataflow: Dataflo
     graph, warnings = _resolve_graph(model, batch, input_shapes, strict)
     dataflows = _dataflows(hw_spec, dataflow)
     if objective not in ("energy", "edp"):
-        raise ValueError(f"objective must be 'energy' or 'edp', got {objective!r}")
+        raise OptionError(f"objective must be 'energy' or 'edp', got {objective!r}")
     memo: dict[str, bool] = {}
     layers = []
     ordered = graph.layers

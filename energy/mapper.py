@@ -167,11 +167,20 @@ def _to_batch(assign: np.ndarray, orders: np.ndarray, space: _Space) -> MappingB
     return MappingBatch(factors[:, :L], factors[:, L], factors[:, L + 1], orders)
 
 
+_KEY_WEIGHTS = np.random.default_rng(12345).integers(1, 2**63, size=256, dtype=np.uint64)
+
+
+def _dedupe_index(assign: np.ndarray, orders: np.ndarray, space: _Space) -> np.ndarray:
+    """Indices of the first occurrence of each distinct mapping (rows hashed to one 64-bit key,
+    which is far faster than np.unique over rows; a collision only drops one candidate)."""
+    rows = np.concatenate([_canonical(assign, space), orders], axis=1).astype(np.uint64)
+    keys = (rows * _KEY_WEIGHTS[: rows.shape[1]]).sum(axis=1)
+    return np.sort(np.unique(keys, return_index=True)[1])
+
+
 def _unique(assign: np.ndarray, orders: np.ndarray, space: _Space) -> tuple[np.ndarray, np.ndarray]:
-    both = np.concatenate([_canonical(assign, space), orders], axis=1)
-    both = np.unique(both, axis=0)
-    n = assign.shape[1]
-    return both[:, :n], both[:, n:]
+    index = _dedupe_index(assign, orders, space)
+    return assign[index], orders[index]
 
 
 def _enumerate(space: _Space) -> tuple[np.ndarray, np.ndarray]:
@@ -188,12 +197,13 @@ def _sample(space: _Space, hw: HardwareContext, rng: np.random.Generator, k: int
         assign[:, i] = rng.choice(np.array(slots), size=k)
     # Repair array overflow: move spatial factors back to a temporal slot until they fit.
     for slot, limit in ((L, hw.rows), (L + 1, hw.cols)):
+        product = np.where(assign == slot, space.primes[None, :], 1).prod(axis=1)
         for i in rng.permutation(n):
-            product = np.where(assign == slot, space.primes[None, :], 1).prod(axis=1)
             bad = (product > limit) & (assign[:, i] == slot)
             if bad.any():
                 temporal = np.array([s for s in space.allowed[i] if s < L])
                 assign[bad, i] = rng.choice(temporal, size=int(bad.sum()))
+                product[bad] //= space.primes[i]
     orders = np.stack([rng.choice(np.array(space.orders[l]), size=k) for l in range(L)], axis=1)
     # Always include the trivial mapping (everything at the outermost level), which is feasible
     # whenever any mapping is, so that "no feasible mapping" is a real verdict.
@@ -226,6 +236,44 @@ def _seed(ctx: LayerContext, hw: HardwareContext) -> int:
     return zlib.crc32(key.encode())
 
 
+def _best(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k smallest finite values, in ascending order (ties by index)."""
+    if len(values) > k:
+        candidates = np.argpartition(values, k - 1)[:k]
+    else:
+        candidates = np.arange(len(values))
+    candidates = candidates[np.lexsort((candidates, values[candidates]))]
+    return candidates[np.isfinite(values[candidates])]
+
+
+def _local_search(assign, orders, values, space: _Space, ctx: LayerContext, hw: HardwareContext, objective: str):
+    """Steepest descent from the best few samples at once (one evaluation per step for all of
+    them); returns every mapping it costed, without duplicates, so the pool sees them all."""
+    seen_a, seen_o, seen_v = [assign], [orders], [values]
+    current = [(assign[i], orders[i], values[i]) for i in _best(values, LOCAL_SEARCH_STARTS)]
+    for _ in range(LOCAL_SEARCH_MAX_STEPS):
+        if not current:
+            break
+        moves = [_neighbours(a, o, space) for a, o, _ in current]
+        na = np.concatenate([m[0] for m in moves])
+        no = np.concatenate([m[1] for m in moves])
+        nv = objective_values(evaluate(_to_batch(na, no, space), ctx, hw), objective)
+        seen_a.append(na)
+        seen_o.append(no)
+        seen_v.append(nv)
+        improved, start = [], 0
+        for (a, o, v), (ma, _) in zip(current, moves):
+            part = nv[start:start + len(ma)]
+            best = int(np.argmin(part))
+            if part[best] < v * (1 - 1e-12):
+                improved.append((na[start + best], no[start + best], part[best]))
+            start += len(ma)
+        current = improved
+    assign, orders, values = np.concatenate(seen_a), np.concatenate(seen_o), np.concatenate(seen_v)
+    index = _dedupe_index(assign, orders, space)
+    return assign[index], orders[index], values[index]
+
+
 def search_pool(ctx: LayerContext, hw: HardwareContext, objective: str) -> MappingBatch:
     """The pool of good mappings for the dense version of this layer (cached)."""
     dense = dataclasses.replace(ctx, density=tuple((op, 1.0) for op, _ in ctx.density))
@@ -245,27 +293,8 @@ def _search_pool_cached(ctx: LayerContext, hw: HardwareContext, objective: str) 
         rng = np.random.default_rng(_seed(ctx, hw))
         assign, orders = _sample(space, hw, rng, SAMPLES)
         values = objective_values(evaluate(_to_batch(assign, orders, space), ctx, hw), objective)
-        seen_a, seen_o, seen_v = [assign], [orders], [values]
-        for start in np.argsort(values, kind="stable")[:LOCAL_SEARCH_STARTS]:
-            if not np.isfinite(values[start]):
-                break
-            cur_a, cur_o, cur_v = assign[start], orders[start], values[start]
-            for _ in range(LOCAL_SEARCH_MAX_STEPS):
-                na, no = _neighbours(cur_a, cur_o, space)
-                nv = objective_values(evaluate(_to_batch(na, no, space), ctx, hw), objective)
-                seen_a.append(na)
-                seen_o.append(no)
-                seen_v.append(nv)
-                best = int(np.argmin(nv))
-                if not nv[best] < cur_v * (1 - 1e-12):
-                    break
-                cur_a, cur_o, cur_v = na[best], no[best], nv[best]
-        assign, orders, values = np.concatenate(seen_a), np.concatenate(seen_o), np.concatenate(seen_v)
-        assign, index = np.unique(np.concatenate([_canonical(assign, space), orders], axis=1), axis=0, return_index=True)
-        orders, values = orders[index], values[index]
-        assign = assign[:, : len(space.allowed)]
-    keep = np.argsort(values, kind="stable")[:POOL_SIZE]
-    keep = keep[np.isfinite(values[keep])]
+        assign, orders, values = _local_search(assign, orders, values, space, ctx, hw, objective)
+    keep = _best(values, POOL_SIZE)
     return _to_batch(assign[keep], orders[keep], space)
 
 

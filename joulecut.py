@@ -1,0 +1,227 @@
+"""joulecut: the command line. It parses arguments, calls the packages and prints; nothing imports it.
+
+Exit codes: 0 ok, 2 usage error, 3 invalid model / spec / data (the message names the file and
+the node, key or line), 1 internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """A command line that parses but does not make sense."""
+
+
+class _Progress:
+    """A one-line progress bar on stderr, only on a terminal and without -q."""
+
+    def __init__(self, enabled: bool, label: str):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.label = label
+
+    def __call__(self, i: int, n: int, what: str = "") -> None:
+        if not self.enabled:
+            return
+        width = 30
+        done = int(width * (i + 1) / max(n, 1))
+        sys.stderr.write(f"\r{self.label} [{'#' * done}{'.' * (width - done)}] {i + 1}/{n} {what[:30]:<30}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 90 + "\r")
+            sys.stderr.flush()
+
+
+def _input_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+            if any(d < 1 for d in shape):
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"--input-shape must look like NAME=1x3x224x224, got {item!r}") from None
+        shapes[name] = shape
+    return shapes
+
+
+def _write_or_print(text: str, output: str | None, protect: Sequence[str]) -> None:
+    if output is None:
+        print(text)
+        return
+    from energy.io import write_atomic
+
+    try:
+        write_atomic(output, text if text.endswith("\n") else text + "\n", protect=tuple(protect))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _import(path: str, args: argparse.Namespace):
+    from energy import load_model
+
+    return load_model(path, batch=args.batch, input_shapes=_input_shapes(args.input_shape), strict=args.strict)
+
+
+def _graph_with_data(result, data: str | None):
+    if data is None:
+        return result.graph
+    from energy.activations import load_npz_inputs, with_measured_densities
+
+    return with_measured_densities(result, load_npz_inputs(data, result.model))
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from energy import estimate
+
+    result = _import(args.model, args)
+    for w in result.warnings:
+        print(f"joulecut: warning: {w}", file=sys.stderr)
+    graph = _graph_with_data(result, args.data)
+    progress = _Progress(not args.quiet, "estimating")
+    try:
+        report = estimate(graph, args.hw, dataflow=args.dataflow, objective=args.objective, progress=progress)
+    finally:
+        progress.close()
+    if args.explain:
+        names = [l.name for l in report.layers]
+        missing = [n for n in args.explain if n not in names]
+        if missing:
+            raise UsageError(f"--explain: no layer named {', '.join(missing)} (layers: {', '.join(names[:12])}"
+                             + (", ..." if len(names) > 12 else "") + ")")
+    text = {"table": report.table, "json": report.to_json, "csv": report.to_csv}[args.format]()
+    if args.explain and args.format == "table":
+        text += "\n\n" + "\n\n".join(report.explain(n) for n in args.explain)
+    _write_or_print(text.rstrip("\n"), args.output, protect=[args.model])
+    if args.plot:
+        if Path(args.plot).resolve() == Path(args.model).resolve():
+            raise UsageError(f"refusing to overwrite the input file {args.model}")
+        report.plot(args.plot)
+        if not args.quiet:
+            print(f"wrote {args.plot}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from energy import estimate
+
+    reports = []
+    for path in (args.model_a, args.model_b):
+        result = _import(path, args)
+        reports.append(estimate(result.graph, args.hw, dataflow=args.dataflow, objective=args.objective))
+    print(reports[0].diff(reports[1]).table())
+    return EXIT_OK
+
+
+def cmd_hw(args: argparse.Namespace) -> int:
+    from hwspecs import describe_spec, list_specs, load_spec
+
+    if args.hw_command == "list":
+        specs = list_specs()
+        width = max(len(n) for n, _ in specs)
+        for name, description in specs:
+            print(f"{name:<{width}}  {description}")
+    elif args.hw_command == "show":
+        print(describe_spec(load_spec(args.name)))
+    else:
+        spec = load_spec(args.file)
+        print(f"{args.file}: ok ({spec.name}: {len(spec.levels)} levels, "
+              f"{spec.pe_array.rows}x{spec.pe_array.cols} PEs, dataflows {', '.join(d.value for d in spec.dataflows)})")
+    return EXIT_OK
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hw", required=True, help="built-in spec name (see `joulecut hw list`) or a YAML file")
+    p.add_argument("--batch", type=int, default=None, help="batch size for a symbolic batch dimension")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
+                   help="static shape of a model input (repeatable)")
+    p.add_argument("--dataflow", choices=["rs", "ws", "os", "nlr"], default=None,
+                   help="restrict MAC layers to one of the spec's dataflows (default: best of all)")
+    p.add_argument("--objective", choices=["energy", "edp"], default="energy",
+                   help="what the mapping search minimises (edp: energy x delay)")
+    p.add_argument("--strict", action="store_true", help="an unknown op is an error, not a warning")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="joulecut", description="Estimate and cut the energy of neural networks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("estimate", help="per-layer energy of an ONNX model on a device")
+    p.add_argument("model", help="ONNX file")
+    _add_model_options(p)
+    p.add_argument("--data", help=".npz with sample inputs (key x): measure activation densities")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("-o", "--output", help="write the result here instead of stdout")
+    p.add_argument("--plot", metavar="FILE.png", help="stacked bar chart per layer by memory level")
+    p.add_argument("--explain", action="append", default=[], metavar="LAYER",
+                   help="also print every access count and pJ of this layer (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("compare", help="two models side by side, per layer")
+    p.add_argument("model_a")
+    p.add_argument("model_b")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("hw", help="built-in and user hardware specs")
+    hw = p.add_subparsers(dest="hw_command", required=True)
+    hw.add_parser("list", help="the built-in specs")
+    show = hw.add_parser("show", help="one spec in full")
+    show.add_argument("name", help="built-in name or YAML file")
+    check = hw.add_parser("check", help="validate a YAML spec")
+    check.add_argument("file")
+    p.set_defaults(func=cmd_hw)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from energy.errors import DataError, ModelError, OptionError
+    from hwspecs.errors import SpecError
+
+    return (SpecError, ModelError, DataError, OptionError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "batch", None) is not None and args.batch < 1:
+        parser.error(f"--batch must be >= 1, got {args.batch}")
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"joulecut: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except _user_errors() as e:
+        from energy.errors import OptionError
+
+        print(f"joulecut: error: {e}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(e, OptionError) else EXIT_INPUT
+    except KeyboardInterrupt:
+        print("joulecut: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal error: say so plainly, the traceback is for a bug report
+        import traceback
+
+        traceback.print_exc()
+        print(f"joulecut: internal error ({type(e).__name__}): {e}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
