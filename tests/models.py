@@ -10,6 +10,7 @@ torch lives here and in tests only, never in the ``energy`` package.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -73,7 +74,8 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
     path = Path(path)
     module.eval()
     dynamic_axes = {"x": {0: "batch"}, "y": {0: "batch"}} if dynamic_batch else None
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript exporter": chosen on purpose
         torch.onnx.export(module, (example_input,), str(path), opset_version=17, dynamo=False,
                           input_names=["x"], output_names=["y"], dynamic_axes=dynamic_axes)
     return path
