@@ -1,0 +1,223 @@
+"""Sparse weight x dense activation kernels vs torch's dense CPU matmul, side by side.
+
+    python benchmarks/bench_sparse.py            # full run, rewrites "## Sparse kernels" in RESULTS.md
+    python benchmarks/bench_sparse.py --quick    # the 3x3 shape at 90/95 %, printed only
+
+For every shape, thread count and sparsity the dense baseline (torch.matmul on the same float32
+data, torch.set_num_threads matching) and every sparse variant are timed in turn within each
+repetition, so they see the same machine load; figures are medians over the repetitions.
+Speed-up = dense time / variant time. Variants:
+  csr      unstructured random mask, CSRMatrix, kernels.spmm
+  bsr4x1   random 4x1 blocks kept, BSRMatrix(block=(4, 1))
+  bsr4x4   random 4x4 blocks kept, BSRMatrix(block=(4, 4))
+  channel  output channels pruned: dense_gemm on the kept rows (numpy.matmul, BLAS threads set
+           with threadpoolctl); "eff" = speed-up / (M / kept rows), 1.0 = the FLOP ideal.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kernels import BSRMatrix, CSRMatrix, compact_channels, dense_gemm, spmm
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # the channel figures then use NumPy's default BLAS threads
+    threadpool_limits = None
+
+SHAPES = [  # name, M, K, N
+    ("3x3 conv 512ch 56x56", 512, 4608, 3136),
+    ("1x1 conv 512ch 56x56", 512, 512, 3136),
+    ("FC 4096, batch 64", 4096, 4096, 64),
+    ("3x3 conv 512ch 7x7", 512, 4608, 49),
+    ("3x3 conv 256ch 14x14", 256, 2304, 196),
+]
+SPARSITIES = [0.5, 0.8, 0.9, 0.95, 0.99]
+VARIANTS = ["csr", "bsr4x1", "bsr4x4", "channel"]
+# Targets on the 3x3 shape, one thread (speed-up over dense; channel: fraction of the FLOP ideal).
+TARGETS = {("csr", 0.9): 2.5, ("csr", 0.95): 4.5, ("bsr4x4", 0.9): 4.5, ("bsr4x4", 0.95): 7.0}
+CHANNEL_TARGET = 0.9
+SECTION = "## Sparse kernels"
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def block_mask(rng: np.random.Generator, m: int, k: int, block: tuple[int, int],
+               sparsity: float) -> np.ndarray:
+    br, bc = block
+    keep = rng.random((-(-m // br), -(-k // bc))) >= sparsity
+    return np.repeat(np.repeat(keep, br, 0), bc, 1)[:m, :k]
+
+
+def build_variants(rng: np.random.Generator, w: np.ndarray, sparsity: float) -> dict:
+    m, k = w.shape
+    variants = {
+        "csr": CSRMatrix.from_dense(w * (rng.random((m, k)) >= sparsity)),
+        "bsr4x1": BSRMatrix.from_dense(w * block_mask(rng, m, k, (4, 1), sparsity), block=(4, 1)),
+        "bsr4x4": BSRMatrix.from_dense(w * block_mask(rng, m, k, (4, 4), sparsity), block=(4, 4)),
+    }
+    kept = max(1, round(m * (1 - sparsity)))
+    pruned = w.copy()
+    pruned[np.sort(rng.choice(m, m - kept, replace=False))] = 0.0
+    variants["channel"] = compact_channels(pruned)
+    return variants
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure(shape, threads: int, sparsity: float, repeats: int, rng) -> dict:
+    _, m, k, n = shape
+    w = rng.standard_normal((m, k)).astype(np.float32)
+    x = rng.standard_normal((k, n)).astype(np.float32)
+    tw, tx = torch.from_numpy(w), torch.from_numpy(x)
+    variants = build_variants(rng, w, sparsity)
+    torch.set_num_threads(threads)
+    runs = {
+        "dense": lambda: torch.matmul(tw, tx),
+        "csr": lambda: spmm(variants["csr"], x, threads=threads),
+        "bsr4x1": lambda: spmm(variants["bsr4x1"], x, threads=threads),
+        "bsr4x4": lambda: spmm(variants["bsr4x4"], x, threads=threads),
+        "channel": lambda: dense_gemm(variants["channel"], x, expand=False),
+    }
+    limits = threadpool_limits(limits=threads, user_api="blas") if threadpool_limits else None
+    try:
+        for fn in runs.values():  # warm-up: page in, first-touch, thread pools
+            fn()
+        times = {name: [] for name in runs}
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                times[name].append(timed(fn))
+    finally:
+        if limits is not None:
+            limits.unregister()
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    kept = variants["channel"].weight.shape[0]
+    return {
+        "median_s": med,
+        "speedup": {v: med["dense"] / med[v] for v in VARIANTS},
+        "channel_eff": med["dense"] / med["channel"] / (m / kept),
+        "density": {v: (variants[v].density if v != "channel" else kept / m) for v in VARIANTS},
+        "dense_gflops": 2 * m * k * n / med["dense"] / 1e9,
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, NumPy {np.__version__}, torch {torch.__version__} "
+            f"(torch.backends.mkldnn={torch.backends.mkldnn.is_available()})")
+
+
+def render(rows: list[dict], command: str, started: str, repeats: int) -> str:
+    out = [SECTION, "",
+           f"- date (UTC): {started}",
+           f"- command: `{command}`",
+           f"- machine: {machine()}",
+           f"- method: median of {repeats} runs per figure; dense baseline = torch.matmul on the same "
+           "float32 data with torch.set_num_threads(threads), timed in the same repetitions; "
+           "speed-up = dense time / kernel time. Masks: csr unstructured, bsr random 4x1 / 4x4 "
+           "blocks, channel = whole output rows removed, run as numpy.matmul on the kept rows "
+           "(eff = fraction of the FLOP ideal). Load average (1/5/15 min) logged per shape.",
+           ""]
+    out += ["### Targets (3x3 conv shape 512 x 4608 x 3136, one thread)", "",
+            "| kernel | sparsity | target | measured | met |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r["shape"][0] != SHAPES[0][0] or r["threads"] != 1:
+            continue
+        for (v, s), target in TARGETS.items():
+            if r["sparsity"] == s:
+                got = r["speedup"][v]
+                out.append(f"| {v} | {s:.0%} | >= {target}x | {got:.2f}x | {'yes' if got >= target else 'NO'} |")
+        if r["sparsity"] in (0.9, 0.95):
+            eff = r["channel_eff"]
+            out.append(f"| channel (dense on kept rows) | {r['sparsity']:.0%} | >= {CHANNEL_TARGET} of ideal "
+                       f"| {eff:.2f} | {'yes' if eff >= CHANNEL_TARGET else 'NO'} |")
+    out += ["", "### All figures", "",
+            "| shape M x K x N | threads | sparsity | dense ms (GFLOP/s) | csr | bsr 4x1 | bsr 4x4 "
+            "| channel (eff) | load avg |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name, m, k, n = r["shape"]
+        med, sp = r["median_s"], r["speedup"]
+        cells = [f"{med[v] * 1e3:.2f} ms {sp[v]:.2f}x" for v in ("csr", "bsr4x1", "bsr4x4")]
+        out.append(
+            f"| {name}: {m} x {k} x {n} | {r['threads']} | {r['sparsity']:.0%} "
+            f"| {med['dense'] * 1e3:.2f} ({r['dense_gflops']:.0f}) | " + " | ".join(cells)
+            + f" | {med['channel'] * 1e3:.2f} ms {sp['channel']:.2f}x ({r['channel_eff']:.2f}) "
+            f"| {' / '.join(f'{v:.2f}' for v in r['load'])} |")
+    return "\n".join(out) + "\n"
+
+
+def write_section(text: str, path: Path = RESULTS) -> None:
+    """Replace (or append) our section, leaving every other section as it is; atomic write."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    lines = old.splitlines(keepends=True)
+    start = next((i for i, l in enumerate(lines) if l.rstrip() == SECTION), None)
+    if start is None:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        tail = "".join(lines[end:])
+        new = "".join(lines[:start]) + text + ("\n" + tail if tail else "")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(new)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="3x3 shape, 90/95 %%, one thread; print only")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per figure (default 7, quick 5)")
+    ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (5 if args.quick else 7)
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    sparsities = [0.9, 0.95] if args.quick else SPARSITIES
+    thread_counts = [1] if args.quick else [1, 2]
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    command = "python benchmarks/bench_sparse.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    rng = np.random.default_rng(0)
+    rows = []
+    for shape in shapes:
+        for threads in thread_counts:
+            for s in sparsities:
+                r = measure(shape, threads, s, repeats, rng)
+                r.update(shape=shape, threads=threads, sparsity=s, load=os.getloadavg())
+                rows.append(r)
+                sp = r["speedup"]
+                print(f"{shape[0]:>22} t={threads} s={s:.2f} dense {r['median_s']['dense'] * 1e3:8.2f} ms"
+                      f" | csr {sp['csr']:5.2f}x  4x1 {sp['bsr4x1']:5.2f}x  4x4 {sp['bsr4x4']:5.2f}x"
+                      f"  channel {sp['channel']:5.2f}x (eff {r['channel_eff']:.2f})"
+                      f" | load {r['load'][0]:.2f}", flush=True)
+    text = render(rows, command.strip(), started, repeats)
+    if args.quick or args.no_write:
+        print(text)
+    else:
+        write_section(text)
+        print(f"wrote the '{SECTION}' section of {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
