@@ -21,7 +21,9 @@ import numpy as np
 from kernels import hashing as _h
 
 FAMILIES = ("simhash", "dwta")
-MODES = ("batched", "per_sample")
+MODES = ("auto", "batched", "per_sample")
+# Below this batch the per-neuron bitmap scan over all rows costs more than it saves.
+AUTO_BATCHED_MIN = 16
 MAX_TABLES = 1024
 
 
@@ -179,11 +181,14 @@ class HashedLinear:
         return self.weight.shape[1]
 
     # ------------------------------------------------------------------ forward
-    def forward_sparse(self, x: np.ndarray, mode: str = "batched") -> SparseActivations:
-        """Active outputs of x [B, in] float32 as CSR (see SparseActivations)."""
+    def forward_sparse(self, x: np.ndarray, mode: str = "auto") -> SparseActivations:
+        """Active outputs of x [B, in] float32 as CSR (see SparseActivations).
+        mode "auto": per_sample below AUTO_BATCHED_MIN samples, batched from there."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         x = _as_float32_matrix(x, "x", self.n_in)
+        if mode == "auto":
+            mode = "batched" if x.shape[0] >= AUTO_BATCHED_MIN else "per_sample"
         q = self.hash_codes(x)
         run = self.tables.forward_grouped if mode == "batched" else self.tables.forward_per_sample
         indptr, indices, values = run(x, self.weight, self.bias, q, self.num_threads)
@@ -195,7 +200,7 @@ class HashedLinear:
             self._last_bytes = self.tables.last_distinct * self.n_in * 4
         return out
 
-    def forward(self, x: np.ndarray, mode: str = "batched") -> tuple[np.ndarray, list[np.ndarray]]:
+    def forward(self, x: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, list[np.ndarray]]:
         """(y [B, out] float32 with zeros outside the active sets, per-sample sorted active ids)."""
         out = self.forward_sparse(x, mode)
         return out.to_dense(), out.active_sets()
