@@ -213,7 +213,9 @@ def test_train_sparse_learns_and_respects_budget(method):
     nonzero = sum(int((m.weight != 0).sum()) for m in net if isinstance(m, nn.Linear))
     assert nonzero <= hist.nonzero_budget == round(0.3 * 1440)
     assert sum(hist.nonzeros_per_layer.values()) == hist.nonzero_budget
-    assert (len(hist.cycles) == 12) if method == "dsr" else (hist.cycles == ())
+    # 120 steps, reallocation every 10 up to step int(0.9 * 120) = 108: 10 cycles
+    assert [c.step for c in hist.cycles] == ([10 * i for i in range(1, 11)] if method == "dsr" else [])
+    assert (len(hist.cycles) == 10) if method == "dsr" else (hist.cycles == ())
     # hooks are removed: the returned model is a plain module
     assert all(not m.weight._backward_hooks for m in net if isinstance(m, nn.Linear))
 
@@ -223,3 +225,17 @@ def test_train_sparse_accepts_a_dataloader():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
     _, hist = train_sparse(_mlp(), loader, epochs=2, lr=0.05, sparsity=0.5, method="static")
     assert hist.steps == 8 and np.isfinite(hist.loss_per_epoch).all()
+
+
+def test_scale_initial_weights_by_inverse_sqrt_density():
+    plain, scaled = _mlp(4), _mlp(4)
+    ref = {n: m.weight.detach().clone() for n, m in plain.named_modules() if isinstance(m, nn.Linear)}
+    StaticSparseTrainer(plain, sparsity=0.75, seed=2)
+    t = StaticSparseTrainer(scaled, sparsity=0.75, seed=2, scale_initial_weights=True)
+    for name, m in scaled.named_modules():
+        if isinstance(m, nn.Linear):
+            mask = t.masks[name]
+            # density 1/4 in every layer: kept weights doubled, the rest zero
+            assert torch.allclose(m.weight[mask], 2 * ref[name][mask])
+            assert torch.equal(dict(plain.named_modules())[name].weight[mask], ref[name][mask])
+            assert torch.all(m.weight[~mask] == 0)
