@@ -102,8 +102,8 @@ def _layer_energy(layer: Layer, hw: HardwareContext, cost: BatchCost, i: int, ma
     names = [lv.name for lv in spec.levels] + [ARRAY_LEVEL]
     for level, name in enumerate(names):
         for op in OPERANDS:
-            r = float(cost.reads.get((level, op), np.zeros(1))[i])
-            w = float(cost.writes.get((level, op), np.zeros(1))[i])
+            r = float(cost.reads[(level, op)][i]) if (level, op) in cost.reads else 0.0
+            w = float(cost.writes[(level, op)][i]) if (level, op) in cost.writes else 0.0
             if r == 0 and w == 0:
                 continue
             if level == hw.n_levels:
