@@ -98,8 +98,7 @@ class OnnxModule(nn.Module):
         self.steps: list[Step] = []
         self._init_np = {name: numpy_helper.to_array(t) for name, t in inits.items()}
         shapes = _static_shapes(model)
-        for index, node in enumerate(graph.node):
-            name = node.name or f"{node.op_type}_{index}"
+        for node, name in zip(graph.node, node_names(graph)):
             attrs = _attrs(node)
             if node.op_type not in _FUNCTIONAL and node.op_type not in TRAINABLE_OPS:
                 raise ModelError(f"op {node.op_type} cannot be converted to torch", file=file, node=name)
@@ -250,6 +249,25 @@ class OnnxModule(nn.Module):
         record: dict[str, torch.Tensor] = {}
         self.forward(*inputs, _record=record)
         return record
+
+
+def node_names(graph: onnx.GraphProto) -> list[str]:
+    """Node names as the energy importer names its layers: the node name, or
+    ``{op_type}_{index}`` when empty or already taken (same rule as energy.importer)."""
+    explicit = {n.name for n in graph.node if n.name}
+    names: list[str] = []
+    taken: set[str] = set()
+    for index, node in enumerate(graph.node):
+        name = node.name
+        if not name or name in taken:
+            name = f"{node.op_type}_{index}"
+            suffix = 1
+            while name in taken or name in explicit:
+                name = f"{node.op_type}_{index}_{suffix}"
+                suffix += 1
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
