@@ -210,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as e:
         from energy.errors import OptionError
 
-        print(f"joulecut: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [type(e).__name__]:  # a spec error lists every problem
+            print(f"joulecut: error: {line}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, OptionError) else EXIT_INPUT
     except KeyboardInterrupt:
         print("joulecut: interrupted", file=sys.stderr)

@@ -5,8 +5,8 @@ with the best mapping ``energy.mapper`` finds. Other layers are costed by the da
 the ALU operations they do:
 
 - shape ops (Reshape, Flatten, ...) cost nothing;
-- an elementwise op whose only input comes straight from a MAC layer (or from such a fused
-  chain) with no other consumer is fused into that layer's write-back: ALU energy only;
+- an elementwise op whose only input has no other consumer is fused into its producer's
+  write-back (ReLU after Conv or Add): ALU energy only;
 - every other op reads its inputs from and writes its outputs to the level that backs
   activations (the outermost level holding inputs / outputs), plus its ALU operations.
 """
@@ -31,7 +31,7 @@ ASSUMPTIONS = (
     "tiles are sized for the dense worst case; compressed operands move density x (bits + index bits) per value",
     "gated/skipped zero operands save MAC energy and the other operands' MAC-level reads; skip also saves cycles, with ideal load balance",
     "input tiles cover their whole sliding window; no reuse of window overlap between temporal tiles",
-    "elementwise ops fed by a single MAC layer are fused into its write-back (ALU energy only)",
+    "an elementwise op on a tensor nothing else reads is fused into its producer's write-back (ALU energy only)",
     "ConvTranspose is costed in its scatter form (one MAC per input pixel x kernel tap x output channel)",
 )
 
@@ -169,17 +169,15 @@ def _no_fit_message(layer: Layer, spec: HardwareSpec) -> str:
     return f"no mapping fits hardware '{spec.name}': {detail}"
 
 
-def _fused(layer: Layer, graph: Graph, memo: dict[str, bool]) -> bool:
-    if layer.name in memo:
-        return memo[layer.name]
-    result = False
-    if layer.op is OpKind.ELEMENTWISE and len(layer.inputs) == 1:
-        preds = list(graph.dag.predecessors(layer.name))
-        if len(preds) == 1 and graph.dag.out_degree(preds[0]) == 1:
-            producer = graph[preds[0]]
-            result = producer.is_mac or _fused(producer, graph, memo)
-    memo[layer.name] = result
-    return result
+def _fused(layer: Layer, graph: Graph) -> bool:
+    """An elementwise op on a single tensor that only it consumes is applied on the fly as its
+    producer writes that tensor back (ReLU after Conv, after Add, ...)."""
+    if layer.op is not OpKind.ELEMENTWISE or len(layer.inputs) != 1:
+        return False
+    preds = list(graph.dag.predecessors(layer.name))
+    if len(preds) != 1 or graph.dag.out_degree(preds[0]) != 1:
+        return False
+    return graph[preds[0]].op is not OpKind.SHAPE
 
 
 def _vector_layer(layer: Layer, spec: HardwareSpec, fused: bool) -> LayerEnergy:
@@ -255,13 +253,12 @@ def estimate(model, spec: HardwareSpec | str | os.PathLike, *, dataflow: Dataflo
     dataflows = _dataflows(hw_spec, dataflow)
     if objective not in ("energy", "edp"):
         raise OptionError(f"objective must be 'energy' or 'edp', got {objective!r}")
-    memo: dict[str, bool] = {}
     layers = []
     ordered = graph.layers
     for i, layer in enumerate(ordered):
         if progress is not None:
             progress(i, len(ordered), layer.name)
-        fused = not layer.is_mac and _fused(layer, graph, memo)
+        fused = not layer.is_mac and _fused(layer, graph)
         layers.append(estimate_layer(layer, hw_spec, dataflow=dataflows[0] if dataflow else None,
                                      objective=objective, fused=fused))
     return EnergyReport(
