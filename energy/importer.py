@@ -70,13 +70,15 @@ def load_model(
     except Exception as exc:  # onnx's ValidationError, or a C++ error surfaced as RuntimeError
         raise _onnx_error(exc, file, "is not a valid ONNX model") from None
     warnings += _resolve_inputs(proto, file, batch, input_shapes or {})
+    _densify_sparse_initializers(proto, file)
     inferred, strict_error = _infer_shapes(proto, file)
     try:
-        graph, layer_nodes = _build(inferred, file, graph_name)
+        graph, layer_nodes, notes = _build(inferred, file, graph_name)
     except ModelError:
         if strict_error is not None:
             raise strict_error from None
         raise
+    warnings += notes
     if strict_error is not None:
         # onnx's strict inference failed (e.g. inside a function op's body) but the lenient pass,
         # with the shapes the model declares, gave every costed tensor a static shape.
@@ -138,7 +140,7 @@ def _onnx_error(exc: Exception, file: str, what: str) -> ModelError:
 def _check_wiring(proto: onnx.ModelProto, file: str) -> None:
     """Every node input must be an initializer, a graph input or an earlier node's output."""
     defined = {i.name for i in proto.graph.input} | {t.name for t in proto.graph.initializer}
-    defined |= {t.name for t in proto.graph.sparse_initializer}
+    defined |= {t.values.name for t in proto.graph.sparse_initializer}
     for index, node in enumerate(proto.graph.node):
         for position, tensor in enumerate(node.input):
             if tensor and tensor not in defined:
@@ -264,11 +266,35 @@ def _tensor_facts(proto: onnx.ModelProto, file: str) -> TensorFacts:
 def _to_array(tensor: onnx.TensorProto, file: str) -> np.ndarray | None:
     try:
         return numpy_helper.to_array(tensor)
-    except Exception:  # an exotic dtype numpy cannot hold: its density stays unknown
+    except Exception:  # an exotic dtype, or external data not loaded: its density stays unknown
         return None
 
 
-def _layer_names(graph: onnx.GraphProto) -> list[str]:
+def _densify_sparse_initializers(proto: onnx.ModelProto, file: str) -> None:
+    """Sparse initializers (e.g. a pruned weight stored as values + indices) become dense ones
+    in the private copy: onnx's shape inference and most ops do not accept sparse tensors."""
+    for sparse in proto.graph.sparse_initializer:
+        proto.graph.initializer.append(numpy_helper.from_array(_sparse_to_array(sparse, file), sparse.values.name))
+    del proto.graph.sparse_initializer[:]
+
+
+def _sparse_to_array(sparse: onnx.SparseTensorProto, file: str) -> np.ndarray:
+    """The dense value of a sparse initializer (indices: linear [NNZ] or coordinates [NNZ, rank])."""
+    values, indices = _to_array(sparse.values, file), _to_array(sparse.indices, file)
+    if values is None or indices is None:
+        raise ModelError(f"sparse initializer '{sparse.values.name}' cannot be read", file=file)
+    dense = np.zeros(tuple(sparse.dims), values.dtype)
+    try:
+        if indices.ndim == 1:
+            dense.reshape(-1)[indices] = values
+        else:
+            dense[tuple(indices.T)] = values
+    except (IndexError, ValueError):
+        raise ModelError(f"sparse initializer '{sparse.values.name}': indices do not fit its shape {list(sparse.dims)}", file=file) from None
+    return dense
+
+
+def layer_names(graph: onnx.GraphProto) -> list[str]:
     """The node name; ``{op_type}_{index}`` when empty or already taken (stable, unique)."""
     explicit = {n.name for n in graph.node if n.name}
     names: list[str] = []
@@ -286,27 +312,37 @@ def _layer_names(graph: onnx.GraphProto) -> list[str]:
     return names
 
 
-def _build(proto: onnx.ModelProto, file: str, graph_name: str) -> tuple[Graph, dict[str, int]]:
+def _build(proto: onnx.ModelProto, file: str, graph_name: str) -> tuple[Graph, dict[str, int], list[str]]:
     facts = _tensor_facts(proto, file)
     layers: list[Layer] = []
     layer_nodes: dict[str, int] = {}
-    for index, (node, name) in enumerate(zip(proto.graph.node, _layer_names(proto.graph))):
+    for index, (node, name) in enumerate(zip(proto.graph.node, layer_names(proto.graph))):
         view = NodeView(node, name, facts)
         known = node.domain in _DEFAULT_DOMAINS and node.op_type in OP_TABLE
         if node.output and all(t in facts.constants for t in node.output if t):
             # Computed from constants only: folded before the model runs, so it costs nothing.
             layer = Layer(name=name, op=OpKind.SHAPE, onnx_op=node.op_type)
-        elif known:
-            layer = OP_TABLE[node.op_type](view)
         else:
-            _require_static_outputs(view)
-            layer = OP_TABLE["Concat"](view).replace(onnx_op=node.op_type)  # data movement of in + out
+            layer = _cost(view, known)
         layers.append(layer)
         layer_nodes[name] = index
     initializers = {t.name for t in proto.graph.initializer}
     inputs = tuple(i.name for i in proto.graph.input if i.name not in initializers)
     outputs = tuple(o.name for o in proto.graph.output)
-    return Graph(graph_name, layers, inputs, outputs), layer_nodes
+    return Graph(graph_name, layers, inputs, outputs), layer_nodes, facts.warnings
+
+
+def _cost(view: NodeView, known: bool) -> Layer:
+    """The handler's layer; an unknown op is data movement of its inputs and outputs."""
+    try:
+        if known:
+            return OP_TABLE[view.op](view)
+        _require_static_outputs(view)
+        return OP_TABLE["Concat"](view).replace(onnx_op=view.op)
+    except ModelError:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError) as exc:  # attributes or shapes the op cannot have
+        raise view.error(f"cannot cost this {view.op} node: {exc}") from None
 
 
 def _require_static_outputs(view: NodeView) -> None:

@@ -84,6 +84,7 @@ class TensorFacts:
         self.constants = constants  # constant tensor -> its value when known, else None
         self.producers = producers
         self.consumers = consumers
+        self.warnings: list[str] = []  # handlers' notes for ImportResult.warnings
 
 
 class NodeView:
@@ -186,6 +187,8 @@ class NodeView:
         bits = self.bits(root)
         values = self.constant_value(root)
         if values is None:
+            why = "its values are not stored in an initializer" if self.is_constant(root) else "it is not a constant"
+            self.facts.warnings.append(f"weight '{root}' of node '{self.name}': {why}, density assumed 1.0")
             return root, 1.0, bits
         zp = self.constant_value(zp_name) if zp_name else None
         return root, _nonzero_fraction(values, zp, zp_axis, self), bits

@@ -212,9 +212,26 @@ def test_missing_weight(tmp_path):
 
 def test_weight_as_graph_input_is_allowed():
     nodes = [helper.make_node("Conv", ["x", "W"], ["y"], name="conv1")]
-    layer = load_model(onnx_model(nodes, {"x": (1, 3, 8, 8), "W": (4, 3, 3, 3)}, {"y": (1, 4, 6, 6)})).graph["conv1"]
-    # 4*3*6*6*3*3 = 3888 MACs, density unknown -> 1.0
+    result = load_model(onnx_model(nodes, {"x": (1, 3, 8, 8), "W": (4, 3, 3, 3)}, {"y": (1, 4, 6, 6)}))
+    layer = result.graph["conv1"]
+    # 4*3*6*6*3*3 = 3888 MACs, density unknown -> 1.0, and said so
     assert layer.macs == 3888 and layer.weight == "W" and layer.weight_density == 1.0
+    assert result.warnings == ("weight 'W' of node 'conv1': it is not a constant, density assumed 1.0",)
+    assert result.graph.inputs == ("x", "W")
+
+
+def test_sparse_initializer_weight():
+    # a 4x3x3x3 weight stored sparse with 27 of 108 values nonzero -> density 0.25
+    dense = np.zeros((4, 3, 3, 3), np.float32)
+    dense[1] = 2.0
+    flat = np.flatnonzero(dense)
+    sparse = helper.make_sparse_tensor(onnx.numpy_helper.from_array(dense.reshape(-1)[flat], "W"),
+                                       onnx.numpy_helper.from_array(flat.astype(np.int64), "W_idx"), [4, 3, 3, 3])
+    model = conv_relu()
+    del model.graph.initializer[:]
+    model.graph.sparse_initializer.append(sparse)
+    layer = load_model(model).graph["conv1"]
+    assert layer.weight == "W" and layer.weight_density == 0.25 and layer.inputs == ("x",)
 
 
 def test_invalid_model_fails_the_checker(tmp_path):

@@ -63,3 +63,4 @@ def test_dynamic_batch_export_resolved_by_batch(tmp_path):
     path = export_onnx(DigitsCNN(), DigitsCNN.example_input(2), tmp_path / "dyn.onnx", dynamic_batch=True)
     result = load_model(path, batch=4)
     assert result.graph.total_macs == 4 * DigitsCNN.ANALYTIC_MACS
+
