@@ -1,0 +1,195 @@
+"""Adaptive deep reuse (Ning & Shen, ICDE 2019; ICS 2019): cluster similar input
+sub-vectors by LSH and compute one product per cluster.
+
+    Y, stats = reuse_matmul(X, W, sub_len=16, n_hashes=8, seed=0)     # Y ~= X @ W
+    y, stats = reuse_conv2d(x, weight, bias, stride=1, pad=1, sub_len=9, n_hashes=6)
+
+Cost model (multiply-accumulates): N*K*H to hash + r_c*N*K*M for the centroid products,
+r_c = clusters / rows averaged over sub-vector positions. ReuseSchedule picks (sub_len,
+n_hashes) during training, coarse (more reuse) first and finer later.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kernels._reuse import MAX_HASHES, reuse_matmul_kernel
+
+DEFAULT_BLOCK_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class ReuseStats:
+    """What one reuse product cost and how close it came.
+
+    cluster_ratio: clusters / rows, averaged over sub-vector positions (and row blocks);
+    macs_hash: N*K*H; macs_product: sum of clusters x sub-vector length x M over the
+    nonzero clusters; macs_dense: N*K*M; relative_error: ||Y - X W||_F / ||X W||_F (None
+    when not computed); zero_fraction: share of sub-vectors that were all zero.
+    """
+
+    cluster_ratio: float
+    macs_hash: int
+    macs_product: int
+    macs_dense: int
+    relative_error: float | None
+    zero_fraction: float
+    sub_len: int
+    n_hashes: int
+
+    @property
+    def macs_executed(self) -> int:
+        return self.macs_hash + self.macs_product
+
+    @property
+    def mac_ratio(self) -> float:
+        """Dense MACs over executed MACs (the cost model's ideal speed-up)."""
+        return self.macs_dense / max(self.macs_executed, 1)
+
+
+def projections(K: int, n_hashes: int, seed: int) -> np.ndarray:
+    """[K, n_hashes] float32 Gaussian projections; rows k0..k1 serve the sub-vector there."""
+    return np.random.default_rng(seed).standard_normal((K, n_hashes)).astype(np.float32)
+
+
+def reuse_matmul(X: np.ndarray, W: np.ndarray, sub_len: int, n_hashes: int, seed: int = 0, *,
+                 block_rows: int = DEFAULT_BLOCK_ROWS, compute_error: bool = True,
+                 num_threads: int = 0) -> tuple[np.ndarray, ReuseStats]:
+    """Y ~= X @ W by clustering the sub-vectors of X's rows. X [N, K], W [K, M] float32.
+
+    Rows are clustered within blocks of block_rows rows (the blocks run in parallel).
+    compute_error=True also computes the exact X @ W for stats.relative_error.
+    """
+    if not isinstance(sub_len, (int, np.integer)) or not isinstance(n_hashes, (int, np.integer)):
+        raise TypeError(f"sub_len and n_hashes must be integers, got {sub_len!r}, {n_hashes!r}")
+    if not 1 <= n_hashes <= MAX_HASHES:
+        raise ValueError(f"n_hashes must be in 1..{MAX_HASHES}, got {n_hashes}")
+    if not isinstance(X, np.ndarray) or X.ndim != 2:
+        raise ValueError(f"X must be a 2-D numpy.ndarray, got {getattr(X, 'shape', type(X).__name__)}")
+    if not isinstance(W, np.ndarray) or W.ndim != 2 or W.shape[0] != X.shape[1]:
+        raise ValueError(f"W must be 2-D with {X.shape[1]} rows (X's columns), got "
+                         f"{getattr(W, 'shape', type(W).__name__)}")
+    N, K = X.shape
+    M = W.shape[1]
+    proj = projections(K, int(n_hashes), seed)
+    Y, clusters, zero_rows = reuse_matmul_kernel(X, W, proj, int(sub_len), int(block_rows),
+                                                 int(num_threads))
+    lens = np.diff(np.minimum(np.arange(0, K + sub_len, sub_len), K))[: clusters.shape[1]]
+    all_clusters = clusters + (zero_rows > 0)      # the zero cluster is a cluster, at no cost
+    err = None
+    if compute_error:
+        exact = X @ W
+        denom = float(np.linalg.norm(exact))
+        err = float(np.linalg.norm(Y - exact)) / denom if denom > 0 else float(np.linalg.norm(Y))
+    n_sub = max(N * len(lens), 1)
+    stats = ReuseStats(
+        cluster_ratio=float(all_clusters.sum() / n_sub),
+        macs_hash=int(N * K * n_hashes),
+        macs_product=int((clusters * lens[None, :]).sum() * M),
+        macs_dense=int(N * K * M),
+        relative_error=err,
+        zero_fraction=float(zero_rows.sum() / n_sub),
+        sub_len=int(sub_len), n_hashes=int(n_hashes),
+    )
+    return Y, stats
+
+
+def im2col(x: np.ndarray, R: int, S: int, stride: int = 1, pad: int = 0) -> tuple[np.ndarray, int, int]:
+    """(X [N*P*Q, C*R*S], P, Q) for NCHW x; columns ordered (c, r, s) like weight.reshape(M, -1)."""
+    if not isinstance(x, np.ndarray) or x.ndim != 4:
+        raise ValueError(f"x must be a 4-D NCHW numpy.ndarray, got {getattr(x, 'shape', type(x).__name__)}")
+    if stride < 1 or pad < 0:
+        raise ValueError(f"stride must be >= 1 and pad >= 0, got stride={stride}, pad={pad}")
+    N, C, H, Wd = x.shape
+    if H + 2 * pad < R or Wd + 2 * pad < S:
+        raise ValueError(f"kernel {R}x{S} does not fit the padded input {H + 2 * pad}x{Wd + 2 * pad}")
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
+    win = np.lib.stride_tricks.sliding_window_view(xp, (R, S), axis=(2, 3))[:, :, ::stride, ::stride]
+    P, Q = win.shape[2], win.shape[3]
+    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(N * P * Q, C * R * S)
+    return np.ascontiguousarray(cols), P, Q
+
+
+def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
+                 stride: int = 1, pad: int = 0, sub_len: int = 9, n_hashes: int = 8,
+                 seed: int = 0, block_rows: int = DEFAULT_BLOCK_ROWS,
+                 compute_error: bool = True, num_threads: int = 0) -> tuple[np.ndarray, ReuseStats]:
+    """Conv2d (NCHW, groups=1) through im2col and reuse_matmul. weight [M, C, R, S] float32."""
+    if not isinstance(weight, np.ndarray) or weight.ndim != 4:
+        raise ValueError(f"weight must be [M, C, R, S], got {getattr(weight, 'shape', type(weight).__name__)}")
+    if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"x must be NCHW with {weight.shape[1]} channels, got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    M, C, R, S = weight.shape
+    cols, P, Q = im2col(x, R, S, stride, pad)
+    Wm = np.ascontiguousarray(weight.reshape(M, C * R * S).T)
+    Y, stats = reuse_matmul(cols, Wm, sub_len, n_hashes, seed, block_rows=block_rows,
+                            compute_error=compute_error, num_threads=num_threads)
+    if bias is not None:
+        if not isinstance(bias, np.ndarray) or bias.shape != (M,):
+            raise ValueError(f"bias must have shape ({M},), got {getattr(bias, 'shape', None)}")
+        Y += bias.astype(np.float32)
+    y = Y.reshape(x.shape[0], P, Q, M).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(y), stats
+
+
+@dataclass
+class ReuseSchedule:
+    """Reuse settings for training, coarse to fine (Ning & Shen's adaptive deep reuse).
+
+    stages: (sub_len, n_hashes) pairs from most reuse (long sub-vectors, few hashes) to
+    least; the last stage may be None for exact products. policy "epoch": stage =
+    floor(epoch_fraction * len(stages)); policy "plateau": advance one stage when the loss
+    has not improved by more than min_delta (relative) for `patience` updates in a row.
+    The stage never moves back.
+    """
+
+    stages: list = field(default_factory=lambda: [(32, 4), (16, 8), (8, 16), None])
+    policy: str = "plateau"
+    patience: int = 3
+    min_delta: float = 0.01
+    index: int = 0
+    _best: float = float("inf")
+    _wait: int = 0
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("epoch", "plateau"):
+            raise ValueError(f"policy must be 'epoch' or 'plateau', got {self.policy!r}")
+        if not self.stages:
+            raise ValueError("stages must not be empty")
+        for i, s in enumerate(self.stages):
+            if s is None:
+                if i != len(self.stages) - 1:
+                    raise ValueError("only the last stage may be None (exact)")
+                continue
+            if len(s) != 2 or s[0] < 1 or not 1 <= s[1] <= MAX_HASHES:
+                raise ValueError(f"stage {i} must be (sub_len >= 1, n_hashes in 1..{MAX_HASHES}), got {s}")
+        if self.patience < 1 or self.min_delta < 0:
+            raise ValueError(f"patience must be >= 1 and min_delta >= 0, got {self.patience}, {self.min_delta}")
+
+    @property
+    def current(self) -> tuple[int, int] | None:
+        """(sub_len, n_hashes) now, or None for exact products."""
+        return self.stages[self.index]
+
+    def step(self, *, epoch_fraction: float | None = None, loss: float | None = None) -> bool:
+        """Feed progress (policy "epoch": epoch_fraction in [0, 1]) or a loss (policy
+        "plateau"). Returns True when the stage changed."""
+        before = self.index
+        if self.policy == "epoch":
+            if epoch_fraction is None or not 0 <= epoch_fraction <= 1:
+                raise ValueError(f"epoch_fraction must be in [0, 1], got {epoch_fraction}")
+            want = min(int(epoch_fraction * len(self.stages)), len(self.stages) - 1)
+            self.index = max(self.index, want)
+        else:
+            if loss is None or not np.isfinite(loss):
+                raise ValueError(f"loss must be a finite number, got {loss}")
+            if loss < self._best * (1 - self.min_delta) or self._best == float("inf"):
+                self._best, self._wait = loss, 0
+            else:
+                self._wait += 1
+                if self._wait >= self.patience and self.index < len(self.stages) - 1:
+                    self.index += 1
+                    self._best, self._wait = loss, 0
+        return self.index != before

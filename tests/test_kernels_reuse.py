@@ -1,0 +1,209 @@
+"""Adaptive deep reuse (kernels/_reuse.pyx, kernels/reuse.py) against NumPy references."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels._reuse import reuse_matmul_kernel
+from kernels.reuse import ReuseSchedule, im2col, projections, reuse_conv2d, reuse_matmul
+
+
+def ref_reuse(X, W, proj, sub_len, block_rows):
+    """Straight NumPy version of the algorithm: (Y, clusters, zero_rows, min |projection|)."""
+    N, K = X.shape
+    Y = np.zeros((N, W.shape[1]))
+    n_blocks, n_pos = -(-N // block_rows), -(-K // sub_len)
+    clusters = np.zeros((n_blocks, n_pos), np.int64)
+    zeros = np.zeros((n_blocks, n_pos), np.int64)
+    margin = np.inf
+    for b in range(n_blocks):
+        r = slice(b * block_rows, min((b + 1) * block_rows, N))
+        for p in range(n_pos):
+            c = slice(p * sub_len, min((p + 1) * sub_len, K))
+            xs = X[r, c].astype(np.float64)
+            nz = xs.any(axis=1)
+            proj_v = xs @ proj[c].astype(np.float64)
+            if nz.any():
+                margin = min(margin, np.abs(proj_v[nz]).min())
+            groups: dict[bytes, list[int]] = {}
+            for i in np.flatnonzero(nz):
+                groups.setdefault((proj_v[i] > 0).tobytes(), []).append(i)
+            for rows in groups.values():
+                Y[r][rows] += xs[rows].mean(axis=0) @ W[c].astype(np.float64)
+            clusters[b, p] = len(groups)
+            zeros[b, p] = (~nz).sum()
+    return Y, clusters, zeros, margin
+
+
+@pytest.mark.parametrize("N,K,M,sub_len,H,block", [
+    (300, 37, 5, 8, 3, 64),     # K not a multiple of sub_len, several blocks, last one short
+    (50, 16, 33, 16, 6, 4096),  # one sub-vector per row, one block
+    (1, 1, 1, 1, 1, 1),         # one row, one column
+    (97, 20, 7, 3, 10, 13),
+])
+def test_kernel_matches_reference(N, K, M, sub_len, H, block):
+    rng = np.random.default_rng(N + K)
+    # few distinct values so that clusters hold several rows
+    X = rng.integers(-2, 3, (N, K)).astype(np.float32)
+    X[rng.random(X.shape) < 0.3] = 0
+    W = rng.standard_normal((K, M)).astype(np.float32)
+    proj = projections(K, H, seed=1)
+    Y, clusters, zeros = reuse_matmul_kernel(X, W, proj, sub_len, block)
+    Y_ref, c_ref, z_ref, margin = ref_reuse(X, W, proj, sub_len, block)
+    assert margin > 1e-4                      # no code can flip between float32 and float64
+    np.testing.assert_array_equal(clusters, c_ref)
+    np.testing.assert_array_equal(zeros, z_ref)
+    np.testing.assert_allclose(Y, Y_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_stats_follow_the_cost_model():
+    rng = np.random.default_rng(3)
+    X = rng.integers(0, 2, (200, 24)).astype(np.float32)   # many repeats, some zero sub-vectors
+    W = rng.standard_normal((24, 10)).astype(np.float32)
+    Y, st = reuse_matmul(X, W, sub_len=5, n_hashes=4, seed=2, block_rows=64)
+    _, clusters, zeros, _ = ref_reuse(X, W, projections(24, 4, 2), 5, 64)
+    lens = np.array([5, 5, 5, 5, 4])
+    assert st.macs_hash == 200 * 24 * 4 and st.macs_dense == 200 * 24 * 10
+    assert st.macs_product == int((clusters * lens).sum()) * 10
+    assert st.macs_executed == st.macs_hash + st.macs_product
+    assert st.cluster_ratio == pytest.approx((clusters + (zeros > 0)).sum() / (200 * 5))
+    assert st.zero_fraction == pytest.approx(zeros.sum() / (200 * 5))
+    exact = X @ W
+    assert st.relative_error == pytest.approx(np.linalg.norm(Y - exact) / np.linalg.norm(exact), rel=1e-5)
+    assert st.mac_ratio == pytest.approx(st.macs_dense / st.macs_executed)
+    assert reuse_matmul(X, W, 5, 4, compute_error=False)[1].relative_error is None
+
+
+def test_duplicate_rows_are_exact_and_fine_hashing_converges():
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((48, 16)).astype(np.float32)
+    X = np.repeat(rng.standard_normal((10, 48)).astype(np.float32), 30, axis=0)
+    rng.shuffle(X)
+    X = np.asfortranarray(X)                  # non-contiguous input
+    Y, st = reuse_matmul(X, W, sub_len=12, n_hashes=32)
+    assert st.relative_error < 1e-5
+    assert st.cluster_ratio == pytest.approx(10 / 300)
+    # random rows: more hashes -> less reuse, less error
+    Xr = rng.standard_normal((2000, 48)).astype(np.float32)
+    coarse = reuse_matmul(Xr, W, 12, 2)[1]
+    fine = reuse_matmul(Xr, W, 12, 24)[1]
+    assert coarse.cluster_ratio < fine.cluster_ratio
+    assert fine.relative_error < coarse.relative_error
+    exact = reuse_matmul(Xr, W, 12, 64)[1]
+    assert exact.cluster_ratio > 0.99 and exact.relative_error < 1e-4
+
+
+def test_all_zero_input_and_empty_batch():
+    W = np.ones((12, 3), np.float32)
+    Y, st = reuse_matmul(np.zeros((40, 12), np.float32), W, 4, 5)
+    assert not Y.any() and st.macs_product == 0 and st.zero_fraction == 1.0
+    assert st.cluster_ratio == pytest.approx(1 / 40)
+    assert st.relative_error == 0.0
+    Y, st = reuse_matmul(np.zeros((0, 12), np.float32), W, 4, 5)
+    assert Y.shape == (0, 3) and st.macs_executed == 0
+
+
+def _naive_conv(x, w, b, stride, pad):
+    N, C, H, Wd = x.shape
+    M, _, R, S = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    P, Q = (H + 2 * pad - R) // stride + 1, (Wd + 2 * pad - S) // stride + 1
+    y = np.zeros((N, M, P, Q))
+    for p in range(P):
+        for q in range(Q):
+            patch = xp[:, :, p * stride:p * stride + R, q * stride:q * stride + S]
+            y[:, :, p, q] = np.einsum("ncrs,mcrs->nm", patch, w)
+    return y + b[None, :, None, None]
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 1), (2, 0), (2, 1)])
+def test_conv_helper_matches_naive_conv(stride, pad):
+    rng = np.random.default_rng(stride * 10 + pad)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    cols, P, Q = im2col(x, 3, 3, stride, pad)
+    ref = _naive_conv(x, w, b, stride, pad)
+    assert cols.shape == (2 * P * Q, 27) and ref.shape[2:] == (P, Q)
+    dense = (cols @ w.reshape(5, -1).T + b).reshape(2, P, Q, 5).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(dense, ref, rtol=1e-4, atol=1e-4)
+    # 64 sign bits on 9-long random sub-vectors (one channel's 3x3 patch): every nonzero
+    # one is its own cluster. (Sign hashes see direction only: shorter sub-vectors that are
+    # positive multiples of each other, as padding makes them, would share a cluster.)
+    y, st = reuse_conv2d(x, w, b, stride=stride, pad=pad, sub_len=9, n_hashes=64)
+    np.testing.assert_allclose(y, ref, rtol=1e-3, atol=1e-3)
+    y2, st2 = reuse_conv2d(x, w, b, stride=stride, pad=pad, sub_len=27, n_hashes=2)
+    assert st2.cluster_ratio < st.cluster_ratio and st2.relative_error > st.relative_error
+
+
+def test_bad_input_raises():
+    X = np.ones((4, 6), np.float32)
+    W = np.ones((6, 2), np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        reuse_matmul(X.astype(np.float64), W, 2, 2)
+    with pytest.raises(ValueError, match="6 rows"):
+        reuse_matmul(X, np.ones((5, 2), np.float32), 2, 2)
+    with pytest.raises(ValueError, match="n_hashes"):
+        reuse_matmul(X, W, 2, 0)
+    with pytest.raises(ValueError, match="n_hashes"):
+        reuse_matmul(X, W, 2, 65)
+    with pytest.raises(ValueError, match="sub_len"):
+        reuse_matmul(X, W, 0, 2)
+    with pytest.raises(ValueError, match="sub_len"):
+        reuse_matmul(X, W, 7, 2)
+    with pytest.raises(ValueError, match="block_rows"):
+        reuse_matmul(X, W, 2, 2, block_rows=0)
+    with pytest.raises(TypeError, match="integers"):
+        reuse_matmul(X, W, 2.5, 2)
+    bad = X.copy()
+    bad[1, 1] = np.inf
+    with pytest.raises(ValueError, match="finite"):
+        reuse_matmul(bad, W, 2, 2)
+    with pytest.raises(ValueError, match="2-D"):
+        reuse_matmul(X[0], W, 2, 2)
+    x = np.ones((1, 2, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="3 channels"):
+        reuse_conv2d(x, np.ones((4, 3, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        reuse_conv2d(x, np.ones((4, 2, 3, 3), np.float32), np.ones(3, np.float32), sub_len=3)
+    with pytest.raises(ValueError, match="does not fit"):
+        im2col(x, 5, 5)
+    with pytest.raises(ValueError, match="stride"):
+        im2col(x, 3, 3, stride=0)
+
+
+# ---------------------------------------------------------------- schedule
+
+def test_schedule_by_epoch_fraction():
+    s = ReuseSchedule(stages=[(32, 4), (16, 8), (8, 16), None], policy="epoch")
+    seen = []
+    for f in [0.0, 0.1, 0.24, 0.25, 0.6, 0.3, 0.75, 1.0]:
+        changed = s.step(epoch_fraction=f)
+        seen.append((s.current, changed))
+    assert seen == [((32, 4), False), ((32, 4), False), ((32, 4), False), ((16, 8), True),
+                    ((8, 16), True), ((8, 16), False),       # never moves back
+                    (None, True), (None, False)]
+    with pytest.raises(ValueError, match="epoch_fraction"):
+        s.step(epoch_fraction=1.5)
+
+
+def test_schedule_on_loss_plateau():
+    s = ReuseSchedule(stages=[(16, 4), (8, 8), None], policy="plateau", patience=2, min_delta=0.05)
+    decisions = [s.step(loss=v) for v in [1.0, 0.8, 0.79, 0.78]]   # improves, then stalls x2
+    assert decisions == [False, False, False, True] and s.current == (8, 8)
+    decisions = [s.step(loss=v) for v in [0.6, 0.59, 0.7]]
+    assert decisions == [False, False, True] and s.current is None
+    assert [s.step(loss=v) for v in [0.7, 0.7, 0.7]] == [False] * 3   # already exact
+    with pytest.raises(ValueError, match="loss"):
+        s.step(loss=float("nan"))
+
+
+def test_schedule_validation():
+    with pytest.raises(ValueError, match="policy"):
+        ReuseSchedule(policy="cosine")
+    with pytest.raises(ValueError, match="only the last"):
+        ReuseSchedule(stages=[None, (8, 8)])
+    with pytest.raises(ValueError, match="stage 0"):
+        ReuseSchedule(stages=[(8, 99)])
+    with pytest.raises(ValueError, match="empty"):
+        ReuseSchedule(stages=[])
