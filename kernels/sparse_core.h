@@ -50,6 +50,69 @@ typedef struct {
     int64_t n_units;               /* rows (CSR) or block rows (BSR) */
 } jc_sparse;
 
+static inline int64_t jc_floordiv(int64_t a, int64_t b) /* b > 0 */
+{
+    const int64_t q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+/* im2col columns [j0, j0 + w) straight from the image. The panel is cut into segments that
+ * lie in one output row (same n, p; consecutive q): for each kernel tap (c, r, s) a segment
+ * reads one input row, so it is a zero-filled head and tail around a (strided) copy. */
+static void jc_pack_im2col(const jc_src *s, int64_t j0, int64_t w, float *Xp)
+{
+    int64_t seg_j[JC_PW], seg_len[JC_PW], seg_q[JC_PW], seg_h[JC_PW];
+    ptrdiff_t seg_base[JC_PW];
+    int64_t nseg = 0;
+    const int64_t PQ = s->P * s->Q;
+    for (int64_t j = 0; j < w; nseg++) {
+        const int64_t col = j0 + j, n = col / PQ, pq = col % PQ, q = pq % s->Q;
+        const int64_t len = (s->Q - q < w - j) ? s->Q - q : w - j;
+        seg_j[nseg] = j;
+        seg_len[nseg] = len;
+        seg_q[nseg] = q;
+        seg_h[nseg] = (pq / s->Q) * s->stride_h - s->pad_h;
+        seg_base[nseg] = n * s->sN;
+        j += len;
+    }
+    const ptrdiff_t step = s->stride_w * s->sW;
+    int64_t k = 0;
+    for (int64_t c = 0; c < s->C; c++) {
+        const float *xc = s->x + c * s->sC;
+        for (int64_t r = 0; r < s->R; r++) {
+            for (int64_t t = 0; t < s->S; t++, k++) {
+                float *dst = Xp + k * JC_PW;
+                const int64_t off = t * s->dil_w - s->pad_w; /* input column = q * stride_w + off */
+                /* output columns q whose input column falls inside [0, W) */
+                const int64_t q_first = -jc_floordiv(off, s->stride_w);
+                const int64_t q_last = jc_floordiv(s->W - 1 - off, s->stride_w); /* inclusive */
+                for (int64_t g = 0; g < nseg; g++) {
+                    float *d = dst + seg_j[g];
+                    const int64_t h = seg_h[g] + r * s->dil_h, q0 = seg_q[g], q1 = q0 + seg_len[g];
+                    if (h < 0 || h >= s->H) {
+                        memset(d, 0, (size_t)seg_len[g] * sizeof(float));
+                        continue;
+                    }
+                    int64_t lo = q0 > q_first ? q0 : q_first;
+                    int64_t hi = q1 < q_last + 1 ? q1 : q_last + 1;
+                    if (hi < lo) hi = lo = q1; /* the whole segment reads padding */
+                    for (int64_t q = q0; q < lo; q++) d[q - q0] = 0.0f;
+                    if (hi > lo) {
+                        const float *src = xc + seg_base[g] + h * s->sH + (lo * s->stride_w + off) * s->sW;
+                        if (step == 1) {
+                            memcpy(d + (lo - q0), src, (size_t)(hi - lo) * sizeof(float));
+                        } else {
+                            for (int64_t q = lo; q < hi; q++) d[q - q0] = src[(q - lo) * step];
+                        }
+                    }
+                    for (int64_t q = hi; q < q1; q++) d[q - q0] = 0.0f;
+                }
+                for (int64_t j = w; j < JC_PW; j++) dst[j] = 0.0f;
+            }
+        }
+    }
+}
+
 /* Pack columns [j0, j0 + w) of the source into Xp[kpad][JC_PW]; lanes >= w and rows >= K are zero
  * so the compute loops can run whole vectors and whole blocks without tests. */
 static void jc_pack(const jc_src *s, int64_t K, int64_t kpad, int64_t j0, int64_t w, float *Xp)
@@ -72,32 +135,7 @@ static void jc_pack(const jc_src *s, int64_t K, int64_t kpad, int64_t j0, int64_
             for (int64_t j = w; j < JC_PW; j++) dst[j] = 0.0f;
         }
     } else {
-        /* Per column: image offset and the top-left input coordinate of its receptive field. */
-        ptrdiff_t base[JC_PW];
-        int64_t h0[JC_PW], w0[JC_PW];
-        const int64_t PQ = s->P * s->Q;
-        for (int64_t j = 0; j < w; j++) {
-            int64_t col = j0 + j, n = col / PQ, pq = col % PQ;
-            base[j] = n * s->sN;
-            h0[j] = (pq / s->Q) * s->stride_h - s->pad_h;
-            w0[j] = (pq % s->Q) * s->stride_w - s->pad_w;
-        }
-        int64_t k = 0;
-        for (int64_t c = 0; c < s->C; c++) {
-            for (int64_t r = 0; r < s->R; r++) {
-                for (int64_t q = 0; q < s->S; q++, k++) {
-                    float *dst = Xp + k * JC_PW;
-                    const float *xc = s->x + c * s->sC;
-                    const int64_t dh = r * s->dil_h, dw = q * s->dil_w;
-                    for (int64_t j = 0; j < w; j++) {
-                        int64_t h = h0[j] + dh, ww = w0[j] + dw;
-                        dst[j] = (h >= 0 && h < s->H && ww >= 0 && ww < s->W)
-                                     ? xc[base[j] + h * s->sH + ww * s->sW] : 0.0f;
-                    }
-                    for (int64_t j = w; j < JC_PW; j++) dst[j] = 0.0f;
-                }
-            }
-        }
+        jc_pack_im2col(s, j0, w, Xp);
     }
     for (int64_t k = K; k < kpad; k++) memset(Xp + k * JC_PW, 0, JC_PW * sizeof(float));
 }

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kernels import (BSRMatrix, CSRMatrix, CompactWeight, compact_channels, conv2d_dense,
                      conv2d_sparse, dense_gemm)
@@ -52,6 +54,10 @@ CASES = [
     (2, 5, 6, 6, 7, (5, 5), 1, 2, 1, 1),           # M not divisible by the block height
     (1, 2, 15, 15, 4, (3, 3), 3, 0, 2, 1),
     (1, 4, 10, 10, 4, (3, 3), 1, 1, 1, 4),         # depthwise
+    (2, 3, 4, 4, 5, (3, 3), 1, 3, 1, 1),           # padding wider than the kernel's reach
+    (1, 3, 5, 3, 4, (3, 3), 1, 0, 1, 1),           # a single output column (Q = 1)
+    (2, 2, 9, 13, 6, (2, 3), (1, 2), (0, 4), (2, 3), 1),  # stride_w 2 with dilation 3
+    (1, 16, 1, 1, 9, (1, 1), 1, 0, 1, 1),          # 1x1 image
 ]
 
 
@@ -85,12 +91,34 @@ def test_conv2d_sparse_matches_references(case, fmt):
     assert macs == W.macs(n * ref.shape[2] * ref.shape[3])
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 5), h=st.integers(1, 12), wd=st.integers(1, 12),
+       m=st.integers(1, 9), r=st.integers(1, 4), s=st.integers(1, 4), sh=st.integers(1, 3),
+       sw=st.integers(1, 3), ph=st.integers(0, 3), pw=st.integers(0, 3), dh=st.integers(1, 3),
+       dw=st.integers(1, 3), fmt=st.sampled_from(["csr", "bsr4x1", "bsr4x4"]),
+       seed=st.integers(0, 2**31))
+def test_conv2d_sparse_random_geometry(n, c, h, wd, m, r, s, sh, sw, ph, pw, dh, dw, fmt, seed):
+    if h + 2 * ph < dh * (r - 1) + 1 or wd + 2 * pw < dw * (s - 1) + 1:
+        return  # the kernel does not fit: rejected input, tested elsewhere
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
+    w = sparse_weight((m, c, r, s), 0.5, rng)
+    flat = w.reshape(m, -1)
+    W = CSRMatrix.from_dense(flat) if fmt == "csr" else \
+        BSRMatrix.from_dense(flat, (4, 1) if fmt == "bsr4x1" else (4, 4))
+    y = conv2d_sparse(x, W, None, (sh, sw), (ph, pw), (dh, dw), kernel_size=(r, s), threads=2)
+    assert_close(y, conv2d_reference(x, w, None, (sh, sw), (ph, pw), (dh, dw)))
+
+
 def test_conv2d_sparse_non_contiguous_input_and_square_inference():
     x_full = RNG.standard_normal((2, 8, 10, 12)).astype(np.float32)
     x = x_full[:, ::2, :, 1:11]                       # strided channels and columns
     w = sparse_weight((6, 4, 3, 3), 0.4)
     y = conv2d_sparse(x, CSRMatrix.from_dense(w.reshape(6, -1)), pad=1)  # kernel size inferred
     assert_close(y, conv2d_reference(x, w, pad=1))
+    xf = x_full[:, 1::2, ::-1, ::-1]                  # negative strides
+    assert_close(conv2d_sparse(xf, CSRMatrix.from_dense(w.reshape(6, -1)), stride=2, pad=1),
+                 conv2d_reference(xf, w, stride=2, pad=1))
     xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # NHWC memory
     assert_close(conv2d_sparse(xt, BSRMatrix.from_dense(w.reshape(6, -1), (4, 4)), pad=1),
                  conv2d_reference(x, w, pad=1))
