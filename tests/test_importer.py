@@ -60,6 +60,14 @@ def test_external_data_is_loaded(tmp_path):
     assert load_model(tmp_path / "ext.onnx").graph["conv1"].weight_density == 0.0  # read from the external file
 
 
+def test_missing_external_data_file(tmp_path):
+    onnx.save(conv_relu(), str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.data", size_threshold=0)
+    (tmp_path / "ext.data").unlink()
+    with pytest.raises(ModelError, match="cannot read the model") as info:
+        load_model(tmp_path / "ext.onnx")
+    assert str(info.value).startswith(str(tmp_path / "ext.onnx"))
+
+
 def test_input_model_is_not_modified():
     model = conv_relu(batch_dim="N")
     before = model.SerializeToString()
