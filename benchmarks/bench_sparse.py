@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kernels import BSRMatrix, CSRMatrix, compact_channels, dense_gemm, spmm
+from kernels import BSRMatrix, CSRMatrix, compact_channels, conv2d_sparse, dense_gemm, spmm
 
 try:
     from threadpoolctl import threadpool_limits
@@ -114,6 +114,31 @@ def measure(shape, threads: int, sparsity: float, repeats: int, rng) -> dict:
     }
 
 
+def measure_conv(threads: int, sparsity: float, repeats: int, rng) -> dict:
+    """The 3x3 shape as a real convolution: x[1, 512, 56, 56], pad 1, im2col packed on the fly,
+    against torch.nn.functional.conv2d (oneDNN) on the same data."""
+    x = rng.standard_normal((1, 512, 56, 56)).astype(np.float32)
+    w = rng.standard_normal((512, 512, 3, 3)).astype(np.float32)
+    flat = w.reshape(512, -1)
+    csr = CSRMatrix.from_dense(flat * (rng.random(flat.shape) >= sparsity))
+    bsr = BSRMatrix.from_dense(flat * block_mask(rng, 512, 4608, (4, 4), sparsity), block=(4, 4))
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    torch.set_num_threads(threads)
+    runs = {
+        "dense": lambda: torch.nn.functional.conv2d(tx, tw, padding=1),
+        "csr": lambda: conv2d_sparse(x, csr, pad=1, threads=threads),
+        "bsr4x4": lambda: conv2d_sparse(x, bsr, pad=1, threads=threads),
+    }
+    for fn in runs.values():
+        fn()
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            times[name].append(timed(fn))
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    return {"median_s": med, "speedup": {v: med["dense"] / med[v] for v in ("csr", "bsr4x4")}}
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -128,7 +153,7 @@ def machine() -> str:
             f"(torch.backends.mkldnn={torch.backends.mkldnn.is_available()})")
 
 
-def render(rows: list[dict], command: str, started: str, repeats: int) -> str:
+def render(rows: list[dict], conv_rows: list[dict], command: str, started: str, repeats: int) -> str:
     out = [SECTION, "",
            f"- date (UTC): {started}",
            f"- command: `{command}`",
@@ -165,6 +190,15 @@ def render(rows: list[dict], command: str, started: str, repeats: int) -> str:
             f"| {med['dense'] * 1e3:.2f} ({r['dense_gflops']:.0f}) | " + " | ".join(cells)
             + f" | {med['channel'] * 1e3:.2f} ms {sp['channel']:.2f}x ({r['channel_eff']:.2f}) "
             f"| {' / '.join(f'{v:.2f}' for v in r['load'])} |")
+    if conv_rows:
+        out += ["", "### As a convolution: x[1, 512, 56, 56], 3x3, pad 1 (im2col packed into panels "
+                "on the fly) vs torch.nn.functional.conv2d", "",
+                "| threads | sparsity | torch conv2d ms | csr | bsr 4x4 | load avg |", "|---|---|---|---|---|---|"]
+        for r in conv_rows:
+            med, sp = r["median_s"], r["speedup"]
+            out.append(f"| {r['threads']} | {r['sparsity']:.0%} | {med['dense'] * 1e3:.2f} "
+                       f"| {med['csr'] * 1e3:.2f} ms {sp['csr']:.2f}x | {med['bsr4x4'] * 1e3:.2f} ms "
+                       f"{sp['bsr4x4']:.2f}x | {' / '.join(f'{v:.2f}' for v in r['load'])} |")
     return "\n".join(out) + "\n"
 
 
@@ -210,7 +244,16 @@ def main(argv: list[str] | None = None) -> int:
                       f" | csr {sp['csr']:5.2f}x  4x1 {sp['bsr4x1']:5.2f}x  4x4 {sp['bsr4x4']:5.2f}x"
                       f"  channel {sp['channel']:5.2f}x (eff {r['channel_eff']:.2f})"
                       f" | load {r['load'][0]:.2f}", flush=True)
-    text = render(rows, command.strip(), started, repeats)
+    conv_rows = []
+    if not args.quick:
+        for threads in thread_counts:
+            for s in (0.9, 0.95):
+                r = measure_conv(threads, s, repeats, rng)
+                r.update(threads=threads, sparsity=s, load=os.getloadavg())
+                conv_rows.append(r)
+                print(f"{'conv2d 3x3 512ch 56x56':>22} t={threads} s={s:.2f} torch {r['median_s']['dense'] * 1e3:8.2f} ms"
+                      f" | csr {r['speedup']['csr']:5.2f}x  4x4 {r['speedup']['bsr4x4']:5.2f}x", flush=True)
+    text = render(rows, conv_rows, command.strip(), started, repeats)
     if args.quick or args.no_write:
         print(text)
     else:

@@ -33,11 +33,13 @@ cdef extern from "sparse_core.h" nogil:
     int JC_PW
 
 PANEL_WIDTH = JC_PW
+MAX_THREADS = 256  # each thread holds a K x 64 panel buffer
 
 
 def _check_threads(threads) -> int:
-    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    if (not isinstance(threads, (int, np.integer)) or isinstance(threads, bool)
+            or not 1 <= threads <= MAX_THREADS):
+        raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
     return int(threads)
 
 

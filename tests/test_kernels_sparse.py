@@ -236,8 +236,9 @@ def test_spmm_rejects_bad_arguments():
         spmm(W, np.ones(6, np.float32))
     with pytest.raises(TypeError, match="CSRMatrix or BSRMatrix"):
         spmm(np.ones((4, 6), np.float32), x)
-    with pytest.raises(ValueError, match="threads"):
-        spmm(W, x, threads=0)
+    for bad in (0, -1, 1.5, True, 10**6):
+        with pytest.raises(ValueError, match="threads"):
+            spmm(W, x, threads=bad)
     with pytest.raises(ValueError, match="out must have shape"):
         spmm(W, x, out=np.empty((4, 4), np.float32))
     with pytest.raises(TypeError, match="out must have dtype"):
