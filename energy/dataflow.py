@@ -222,8 +222,7 @@ class BatchCost:
 
 
 def _footprint(op: Operand, f: np.ndarray, ctx: LayerContext) -> np.ndarray:
-    """Values of ``op`` touched by a tile with per-dim factors f (..., 8)."""
-    f = f.astype(np.float64)
+    """Values of ``op`` touched by a tile with per-dim factors f (..., 8), as float64."""
     if op is Operand.WEIGHTS:
         return f[..., G] * f[..., M] * f[..., C] * f[..., R] * f[..., S]
     if op is Operand.OUTPUTS:
@@ -244,19 +243,41 @@ def _words(values: np.ndarray | float, bits: float, width: float) -> np.ndarray:
     return np.ceil(np.asarray(values, dtype=np.float64) * bits / width - 1e-9)
 
 
+def _tiles(batch: MappingBatch, hw: HardwareContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(spatial factors (K, 8), per-PE tile factors, tile factors with the array's fan-out,
+    each level's tile factors) — the last three (K, L, 8)."""
+    spatial = (batch.spatial_rows * batch.spatial_cols).astype(np.float64)
+    per_pe_tile = np.cumprod(batch.temporal, axis=1, dtype=np.float64)  # each level's tile inside one PE
+    with_spatial = per_pe_tile * spatial[:, None, :]
+    above_fanout = (np.arange(batch.temporal.shape[1]) >= hw.n_per_pe)[None, :, None]
+    return spatial, per_pe_tile, with_spatial, np.where(above_fanout, with_spatial, per_pe_tile)
+
+
+def feasible(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext) -> np.ndarray:
+    """(K,) whether each mapping fits the array and every level's capacity (dense tiles;
+    a level backing an operand holds all of it)."""
+    tile = _tiles(batch, hw)[3]
+    used_bytes = np.zeros(tile.shape[:2])
+    for op in OPERANDS:
+        levels = ctx.levels_holding(op)
+        for level in levels:
+            size = _full_size(op, ctx) if level == levels[-1] else _footprint(op, tile[:, level], ctx)
+            used_bytes[:, level] += size * ctx.bits_of(op) / 8
+    return (
+        (batch.spatial_rows.prod(axis=1) <= hw.rows)
+        & (batch.spatial_cols.prod(axis=1) <= hw.cols)
+        & np.all(used_bytes <= hw.capacity_bytes[None, :] * (1 + 1e-12), axis=1)
+    )
+
+
 def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext) -> BatchCost:
     """Access counts, energy and cycles of every mapping in ``batch`` (see module docstring)."""
     spec = hw.spec
     K, L = batch.temporal.shape[:2]
     T = batch.temporal
-    spatial = batch.spatial_rows * batch.spatial_cols  # (K, 8)
+    spatial, per_pe_tile, with_spatial, tile = _tiles(batch, hw)
     n_pes = spatial.prod(axis=1).astype(np.float64)
     macs = float(np.prod(ctx.bounds, dtype=np.float64))
-
-    per_pe_tile = np.cumprod(T, axis=1)  # factors of each level's tile inside one PE
-    with_spatial = per_pe_tile * spatial[:, None, :]
-    level_idx = np.arange(L)
-    tile = np.where((level_idx >= hw.n_per_pe)[None, :, None], with_spatial, per_pe_tile)
 
     # Loops above each level: total product and the reuse bought by irrelevant innermost loops.
     level_prod = T.prod(axis=2).astype(np.float64)  # (K, L)
@@ -310,7 +331,6 @@ def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext) -> Bat
 
     noc = L  # pseudo-level index of the array network
     word = float(spec.word_bits)
-    used_bytes = np.zeros((K, L))
     for op in OPERANDS:
         levels = ctx.levels_holding(op)
         dense_bits = float(ctx.bits_of(op))
@@ -319,9 +339,6 @@ def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext) -> Bat
         def bits_at(level: int) -> float:
             return dense_bits if level < hw.n_per_pe else stored_bits
 
-        for level in levels:
-            size = _full_size(op, ctx) if level == levels[-1] else _footprint(op, tile[:, level], ctx)
-            used_bytes[:, level] += size * dense_bits / 8
         f = fills(op)
         for child, parent in zip(levels[:-1], levels[1:]):
             crossing = child < hw.n_per_pe <= parent
@@ -363,11 +380,7 @@ def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext) -> Bat
         else:
             add(reads, (inner, op), per_mac)
 
-    feasible = (
-        (batch.spatial_rows.prod(axis=1) <= hw.rows)
-        & (batch.spatial_cols.prod(axis=1) <= hw.cols)
-        & np.all(used_bytes <= hw.capacity_bytes[None, :] * (1 + 1e-12), axis=1)
-    )
+    fits = feasible(batch, ctx, hw)
     mac_bits = max(ctx.bits_of(Operand.WEIGHTS), ctx.bits_of(Operand.INPUTS))
     effective_macs = macs * eff_all
     compute_pj = effective_macs * spec.mac_energy_pj(mac_bits)
@@ -387,7 +400,7 @@ def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext) -> Bat
     static = spec.leakage_mw * 1e9 * cycles / spec.clock_hz  # mW * s -> pJ
     energy = energy + static
     return BatchCost(
-        feasible=feasible,
+        feasible=fits,
         energy_pj=energy,
         compute_pj=compute_pj,
         effective_macs=effective_macs,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from energy.dataflow import (
     BatchCost,
     MappingBatch,
     evaluate,
+    feasible,
     objective_values,
 )
 
@@ -124,6 +125,18 @@ class _Space:
     groups: tuple[tuple[int, ...], ...]  # indices of identical (dim, prime) instances
     n_levels: int
 
+    @cached_property
+    def moves(self) -> tuple[np.ndarray, np.ndarray]:
+        """(prime index, slot) of every single-factor move."""
+        pairs = [(i, s) for i, slots in enumerate(self.allowed) for s in slots]
+        return np.array([p for p, _ in pairs], dtype=np.int64), np.array([s for _, s in pairs], dtype=np.int64)
+
+    @cached_property
+    def order_moves(self) -> tuple[np.ndarray, np.ndarray]:
+        """(level, order index) of every loop-order change."""
+        pairs = [(l, o) for l, allowed in enumerate(self.orders) for o in allowed]
+        return np.array([l for l, _ in pairs], dtype=np.int64), np.array([o for _, o in pairs], dtype=np.int64)
+
 
 def _space(ctx: LayerContext, hw: HardwareContext) -> _Space:
     L = hw.n_levels
@@ -170,6 +183,17 @@ def _to_batch(assign: np.ndarray, orders: np.ndarray, space: _Space) -> MappingB
 _KEY_WEIGHTS = np.random.default_rng(12345).integers(1, 2**63, size=256, dtype=np.uint64)
 
 
+def _objective(assign: np.ndarray, orders: np.ndarray, space: _Space, ctx: LayerContext,
+               hw: HardwareContext, objective: str) -> np.ndarray:
+    """(K,) objective of each mapping, +inf where it does not fit; only fitting ones are costed."""
+    batch = _to_batch(assign, orders, space)
+    values = np.full(len(batch), np.inf)
+    fits = np.flatnonzero(feasible(batch, ctx, hw))
+    if len(fits):
+        values[fits] = objective_values(evaluate(batch.take(fits), ctx, hw), objective)
+    return values
+
+
 def _dedupe_index(assign: np.ndarray, orders: np.ndarray, space: _Space) -> np.ndarray:
     """Indices of the first occurrence of each distinct mapping (rows hashed to one 64-bit key,
     which is far faster than np.unique over rows; a collision only drops one candidate)."""
@@ -213,22 +237,20 @@ def _sample(space: _Space, hw: HardwareContext, rng: np.random.Generator, k: int
 
 
 def _neighbours(assign: np.ndarray, orders: np.ndarray, space: _Space) -> tuple[np.ndarray, np.ndarray]:
-    moves_a, moves_o = [], []
-    for i, slots in enumerate(space.allowed):
-        for s in slots:
-            if s != assign[i]:
-                a = assign.copy()
-                a[i] = s
-                moves_a.append(a)
-                moves_o.append(orders)
-    for l, allowed in enumerate(space.orders):
-        for o in allowed:
-            if o != orders[l]:
-                new = orders.copy()
-                new[l] = o
-                moves_a.append(assign)
-                moves_o.append(new)
-    return np.array(moves_a, dtype=np.int64), np.array(moves_o, dtype=np.int64)
+    """Every mapping one move away: one prime factor to another allowed slot, or one level to
+    another allowed loop order."""
+    primes, slots = space.moves
+    keep = assign[primes] != slots
+    primes, slots = primes[keep], slots[keep]
+    moved = np.repeat(assign[None, :], len(primes), axis=0)
+    moved[np.arange(len(primes)), primes] = slots
+    levels, choices = space.order_moves
+    keep = orders[levels] != choices
+    levels, choices = levels[keep], choices[keep]
+    reordered = np.repeat(orders[None, :], len(levels), axis=0)
+    reordered[np.arange(len(levels)), levels] = choices
+    return (np.concatenate([moved, np.repeat(assign[None, :], len(levels), axis=0)]),
+            np.concatenate([np.repeat(orders[None, :], len(primes), axis=0), reordered]))
 
 
 def _seed(ctx: LayerContext, hw: HardwareContext) -> int:
@@ -257,7 +279,7 @@ def _local_search(assign, orders, values, space: _Space, ctx: LayerContext, hw: 
         moves = [_neighbours(a, o, space) for a, o, _ in current]
         na = np.concatenate([m[0] for m in moves])
         no = np.concatenate([m[1] for m in moves])
-        nv = objective_values(evaluate(_to_batch(na, no, space), ctx, hw), objective)
+        nv = _objective(na, no, space, ctx, hw, objective)
         seen_a.append(na)
         seen_o.append(no)
         seen_v.append(nv)
@@ -288,11 +310,11 @@ def _search_pool_cached(ctx: LayerContext, hw: HardwareContext, objective: str) 
         total *= len(choices)
     if total <= EXHAUSTIVE_LIMIT:
         assign, orders = _enumerate(space)
-        values = objective_values(evaluate(_to_batch(assign, orders, space), ctx, hw), objective)
+        values = _objective(assign, orders, space, ctx, hw, objective)
     else:
         rng = np.random.default_rng(_seed(ctx, hw))
         assign, orders = _sample(space, hw, rng, SAMPLES)
-        values = objective_values(evaluate(_to_batch(assign, orders, space), ctx, hw), objective)
+        values = _objective(assign, orders, space, ctx, hw, objective)
         assign, orders, values = _local_search(assign, orders, values, space, ctx, hw, objective)
     keep = _best(values, POOL_SIZE)
     return _to_batch(assign[keep], orders[keep], space)
