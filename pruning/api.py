@@ -125,10 +125,11 @@ def _to_module(model, example: torch.Tensor) -> tuple[onnx.ModelProto, OnnxModul
     if isinstance(model, OnnxModule):
         return model.source, model
     if isinstance(model, nn.Module):
-        proto = to_onnx_model(model, example)
-        return proto, OnnxModule(proto)
+        module = OnnxModule(to_onnx_model(model, example))
+        return module.source, module
     if isinstance(model, onnx.ModelProto):
-        return model, OnnxModule(model)
+        module = OnnxModule(model)
+        return module.source, module
     path = Path(model)
     if not path.is_file():
         raise ModelError("no such ONNX file", file=str(path))
@@ -178,6 +179,7 @@ def prune(
     batch: int = 1,
     progress: Callable[[str], None] | bool | None = None,
     estimate_fn: EstimateFn | None = None,
+    method_options: Mapping[str, object] | None = None,
 ) -> PruningResult:
     """Prune ``model`` so its estimated energy on ``spec`` meets ``budget``.
 
@@ -187,6 +189,9 @@ def prune(
     ``calib_size`` training inputs. ``evaluate_fn(module) -> accuracy`` replaces top-1 accuracy
     on ``val``. ``budget``: '40%', '2.5mJ', a fraction, or None (energy-aware only: prune as far
     as ``allowed_drop`` allows). ``progress``: a callable taking a message, or True for tqdm.
+    ``method_options``: extra keywords of the method (pruning.methods): energy-aware ``step``
+    (relative level step, 0.2) and ``max_passes`` (3); budget ``initial_step`` (fraction of the
+    dense energy, 0.1) and ``decay`` (0.9).
 
     Raises BudgetError (before any training) when the budget is malformed or below the energy
     of the model with every prunable unit at its minimum; ModelError / DataError for a model or
@@ -261,12 +266,13 @@ def prune(
                           restore=restore, report=_progress(progress))
     accuracy_before = evaluate(state.module)
     ctx.log(state, "dense", accuracy=accuracy_before)
+    options = dict(method_options or {})
     if method == "magnitude":
-        state = methods.magnitude(ctx, state, target, mode=magnitude_mode)
+        state = methods.magnitude(ctx, state, target, mode=magnitude_mode, **options)
     elif method == "energy-aware":
-        state = methods.energy_aware(ctx, state, target)
+        state = methods.energy_aware(ctx, state, target, **options)
     else:
-        state = methods.budget(ctx, state, target)
+        state = methods.budget(ctx, state, target, **options)
 
     final_graph = units.graph(state)
     reason = {"magnitude": f"{magnitude_mode} magnitude threshold meeting the budget",

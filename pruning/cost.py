@@ -1,14 +1,19 @@
 """The estimator as the pruning cost function.
 
 A proposal is costed by editing a copy of the IR graph (weight densities, or channel counts)
-and re-estimating it — never by exporting ONNX. Reports are cached per edited graph.
+and re-estimating it — never by exporting ONNX. Pruning never changes the graph's topology,
+so each layer's energy depends only on the layer itself: with the default estimator, layer
+energies are memoised per (frozen, hashable) Layer via ``energy.estimate_layer`` and a
+proposal only pays for the layers it changed. The memo is checked once against a full
+``energy.estimate`` of the base graph; on any mismatch every proposal is estimated in full.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
-from energy.ir import Graph
-from hwspecs.spec import HardwareSpec, Operand, SparsityAction
+from energy.ir import Graph, Layer
+from hwspecs.spec import HardwareSpec, Operand, SparseFormat, SparsityAction
 
 EstimateFn = Callable[[Graph, HardwareSpec], object]  # returns an EnergyReport-like object
 
@@ -30,27 +35,66 @@ class EnergyModel:
         self.graph = graph
         self.spec = spec
         self._estimate = estimate_fn or _default_estimate
-        self._cache: dict[tuple, object] = {}
+        self._reports: dict[tuple, object] = {}
+        self._layer_pj: dict[Layer, float] = {}
+        self._fused: dict[str, bool] | None = None
         self.calls = 0
+        if estimate_fn is None:
+            self._fused = self._fused_flags()
+            full = float(self.report(graph).total_energy_pj)
+            if self._fused is not None and not math.isclose(self.total_pj(graph), full, rel_tol=1e-9):
+                self._fused = None
+
+    def _fused_flags(self) -> dict[str, bool] | None:
+        from energy import estimate_layer
+
+        base = self.report(self.graph)
+        fused: dict[str, bool] = {}
+        for layer, le in zip(self.graph, base.layers):
+            if layer.is_mac:
+                self._layer_pj[layer] = float(le.energy_pj)
+                continue
+            for flag in (False, True):
+                if math.isclose(float(estimate_layer(layer, self.spec, fused=flag).energy_pj), float(le.energy_pj), rel_tol=1e-9, abs_tol=1e-9):
+                    fused[layer.name] = flag
+                    self._layer_pj[layer] = float(le.energy_pj)
+                    break
+            else:
+                return None  # the estimator's per-layer results do not add up: estimate in full
+        return fused
 
     def report(self, graph: Graph):
+        """The full estimator report of ``graph`` (cached)."""
         key = tuple((l.name, l.dims, l.weight_density, l.input_density, l.input_elements, l.output_elements) for l in graph)
-        if key not in self._cache:
+        if key not in self._reports:
             self.calls += 1
-            self._cache[key] = self._estimate(graph, self.spec)
-        return self._cache[key]
+            self._reports[key] = self._estimate(graph, self.spec)
+        return self._reports[key]
 
-    def total_pj(self, graph: Graph) -> float:
-        return float(self.report(graph).total_energy_pj)
+    def _layer_energy(self, layer: Layer) -> float:
+        if layer not in self._layer_pj:
+            from energy import estimate_layer
+
+            fused = False if layer.is_mac else self._fused[layer.name]
+            self._layer_pj[layer] = float(estimate_layer(layer, self.spec, fused=fused).energy_pj)
+        return self._layer_pj[layer]
 
     def per_layer_pj(self, graph: Graph) -> dict[str, float]:
+        """Energy (pJ) of each layer of ``graph``, in graph order."""
+        if self._fused is not None:
+            return {layer.name: self._layer_energy(layer) for layer in graph}
         return {le.name: float(le.energy_pj) for le in self.report(graph).layers}
+
+    def total_pj(self, graph: Graph) -> float:
+        if self._fused is not None:
+            return float(sum(self.per_layer_pj(graph).values()))
+        return float(self.report(graph).total_energy_pj)
 
     def with_densities(self, densities: dict[str, float]) -> Graph:
         return self.graph.with_densities(weight=densities) if densities else self.graph
 
     @property
     def exploits_weight_sparsity(self) -> bool:
-        """Whether zero weights save energy on this spec (gated or skipped)."""
-        return self.spec.operand_sparsity(Operand.WEIGHTS).action is not SparsityAction.NONE or \
-            self.spec.operand_sparsity(Operand.WEIGHTS).format.value != "none"
+        """Whether zero weights can save energy on this spec (gated, skipped or compressed)."""
+        sparsity = self.spec.operand_sparsity(Operand.WEIGHTS)
+        return sparsity.action is not SparsityAction.NONE or sparsity.format is not SparseFormat.NONE

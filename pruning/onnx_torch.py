@@ -84,6 +84,7 @@ class OnnxModule(nn.Module):
 
     def __init__(self, model: onnx.ModelProto, file: str | None = None):
         super().__init__()
+        model = fold_constant_identities(model)
         self.source = model  # kept for export: opset, node list, graph input/output names
         self.file = file
         graph = model.graph
@@ -249,6 +250,31 @@ class OnnxModule(nn.Module):
         record: dict[str, torch.Tensor] = {}
         self.forward(*inputs, _record=record)
         return record
+
+
+def fold_constant_identities(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy without the Identity nodes that only forward an initializer (what the TorchScript
+    exporter emits without constant folding); their consumers read the initializer itself.
+    The model is returned unchanged when it has none."""
+    inits = {t.name for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    alias = {}
+    for node in model.graph.node:
+        if node.op_type == "Identity" and len(node.input) == 1 and (node.input[0] in inits or node.input[0] in alias) \
+                and node.output[0] not in outputs:
+            alias[node.output[0]] = alias.get(node.input[0], node.input[0])
+    if not alias:
+        return model
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    kept = [n for n in folded.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in kept:
+        for i, t in enumerate(node.input):
+            if t in alias:
+                node.input[i] = alias[t]
+    del folded.graph.node[:]
+    folded.graph.node.extend(kept)
+    return folded
 
 
 def node_names(graph: onnx.GraphProto) -> list[str]:
