@@ -1,4 +1,4 @@
-"""Validated sparse weight containers: CSR and block-sparse (BSR) float32 matrices.
+"""Validated sparse weight containers: CSR and block-sparse (BSR) matrices, float32 or int8.
 
 Every constructor checks the whole structure (dtypes, lengths, monotonic indptr, index ranges)
 and stores read-only copies, so the C kernels in ``sparse_gemm`` can trust these arrays without
@@ -62,6 +62,41 @@ def _check_indices(indices: np.ndarray, bound: int, what: str) -> None:
         raise ValueError(f"indices[{bad}] = {indices[bad]} is outside [0, {bound}) ({what})")
 
 
+VALUE_DTYPES = (np.dtype(np.float32), np.dtype(np.int8))
+
+
+def _check_values(data: object) -> np.ndarray:
+    if not isinstance(data, np.ndarray):
+        raise TypeError(f"data must be a numpy.ndarray of float32 or int8, got {type(data).__name__}")
+    if data.dtype not in VALUE_DTYPES:
+        raise TypeError(f"data must have dtype float32 or int8, got {data.dtype} "
+                        "(use .astype(np.float32); int8 must be quantised by the caller)")
+    return data
+
+
+def _dense_values(w: object, dtype: object) -> np.ndarray:
+    """The dense matrix in the storage dtype: float32 by default, int8 when w is int8 or
+    dtype=np.int8 is asked for (then w must already be int8: no silent rounding)."""
+    if dtype is None:
+        dtype = np.int8 if isinstance(w, np.ndarray) and w.dtype == np.int8 else np.float32
+    dtype = np.dtype(dtype)
+    if dtype == np.int8:
+        if not isinstance(w, np.ndarray) or w.dtype != np.int8:
+            raise TypeError("an int8 matrix needs an int8 dense input (quantise it first), got "
+                            f"{getattr(w, 'dtype', type(w).__name__)}")
+        if w.ndim != 2:
+            raise ValueError(f"w must be 2-D, got {w.ndim}-D with shape {w.shape}")
+        return w
+    if dtype != np.float32:
+        raise TypeError(f"dtype must be float32 or int8, got {dtype}")
+    return _as_float32_dense(w)
+
+
+def _accumulator(dtype: np.dtype) -> type:
+    """to_dense() sums duplicates in the kernels' accumulator type: float32, or int32 for int8."""
+    return np.int32 if dtype == np.int8 else np.float32
+
+
 def _frozen(a: np.ndarray, dtype: type) -> np.ndarray:
     out = np.array(a, dtype=dtype, order="C", copy=True)
     out.setflags(write=False)
@@ -69,7 +104,7 @@ def _frozen(a: np.ndarray, dtype: type) -> np.ndarray:
 
 
 class CSRMatrix:
-    """Compressed sparse rows, float32 values, int32 indices; duplicates within a row are summed.
+    """Compressed sparse rows, float32 or int8 values, int32 indices; duplicates in a row are summed.
 
     Work: one sparse-times-dense product with N columns executes ``nnz * N`` multiply-adds.
     """
@@ -81,10 +116,7 @@ class CSRMatrix:
         rows, cols = _check_shape(shape)
         indptr = _check_index_array(indptr, "indptr")
         indices = _check_index_array(indices, "indices")
-        if not isinstance(data, np.ndarray):
-            raise TypeError(f"data must be a numpy.ndarray of float32, got {type(data).__name__}")
-        if data.dtype != np.float32:
-            raise TypeError(f"data must have dtype float32, got {data.dtype} (use .astype(np.float32))")
+        data = _check_values(data)
         if data.ndim != 1:
             raise ValueError(f"data must be 1-D, got shape {data.shape}")
         if indices.shape[0] != data.shape[0]:
@@ -94,13 +126,14 @@ class CSRMatrix:
         _check_indices(indices, cols, f"{cols} columns")
         self.indptr = _frozen(indptr, np.int32)
         self.indices = _frozen(indices, np.int32)
-        self.data = _frozen(data, np.float32)
+        self.data = _frozen(data, data.dtype)
         self.shape = (rows, cols)
 
     @classmethod
-    def from_dense(cls, w: np.ndarray) -> CSRMatrix:
-        """Store the nonzero entries of a dense 2-D matrix (cast to float32)."""
-        w = _as_float32_dense(w)
+    def from_dense(cls, w: np.ndarray, dtype: object = None) -> CSRMatrix:
+        """Store the nonzero entries of a dense 2-D matrix: int8 stays int8, anything else is
+        cast to float32 (``dtype`` may insist on either)."""
+        w = _dense_values(w, dtype)
         if np.count_nonzero(w) > _INT32_MAX:
             raise ValueError("too many nonzeros for int32 indices")
         rows, cols = np.nonzero(w)
@@ -124,8 +157,13 @@ class CSRMatrix:
         """Multiply-adds one product with an ``[cols, n_cols]`` matrix executes: nnz * n_cols."""
         return self.nnz * int(n_cols)
 
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
     def to_dense(self) -> np.ndarray:
-        out = np.zeros(self.shape, dtype=np.float32)
+        """Dense [rows, cols]: float32, or int32 for int8 values (duplicates summed exactly)."""
+        out = np.zeros(self.shape, dtype=_accumulator(self.dtype))
         rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
         np.add.at(out, (rows, self.indices), self.data)
         return out
@@ -139,14 +177,15 @@ class CSRMatrix:
                          self.data[lo:hi], (stop - start, self.shape[1]))
 
     def __repr__(self) -> str:
-        return f"CSRMatrix(shape={self.shape}, nnz={self.nnz}, density={self.density:.4f})"
+        return (f"CSRMatrix(shape={self.shape}, dtype={self.dtype}, nnz={self.nnz}, "
+                f"density={self.density:.4f})")
 
 
 class BSRMatrix:
     """Block-sparse rows: only blocks of size ``block = (br, bc)`` holding a nonzero are stored.
 
     ``indptr`` runs over block rows (ceil(rows / br) + 1 entries), ``indices`` are block-column
-    numbers, ``data`` is ``[n_blocks, br, bc]`` float32. When rows or cols are not multiples of
+    numbers, ``data`` is ``[n_blocks, br, bc]`` float32 or int8. When rows or cols are not multiples of
     the block, the last blocks overhang the matrix and their overhanging entries must be zero.
 
     Work: one product with N columns executes ``n_blocks * br * bc * N`` multiply-adds (every
@@ -161,10 +200,7 @@ class BSRMatrix:
         br, bc = _check_block(block)
         indptr = _check_index_array(indptr, "indptr")
         indices = _check_index_array(indices, "indices")
-        if not isinstance(data, np.ndarray):
-            raise TypeError(f"data must be a numpy.ndarray of float32, got {type(data).__name__}")
-        if data.dtype != np.float32:
-            raise TypeError(f"data must have dtype float32, got {data.dtype} (use .astype(np.float32))")
+        data = _check_values(data)
         if data.ndim != 3 or data.shape[1:] != (br, bc):
             raise ValueError(f"data must have shape (n_blocks, {br}, {bc}), got {data.shape}")
         if indices.shape[0] != data.shape[0]:
@@ -184,18 +220,20 @@ class BSRMatrix:
                 raise ValueError("blocks of the last block column have nonzeros past the last column")
         self.indptr = _frozen(indptr, np.int32)
         self.indices = _frozen(indices, np.int32)
-        self.data = _frozen(data, np.float32)
+        self.data = _frozen(data, data.dtype)
         self.shape = (rows, cols)
         self.block = (br, bc)
 
     @classmethod
-    def from_dense(cls, w: np.ndarray, block: tuple[int, int] = (4, 1)) -> BSRMatrix:
-        """Tile a dense 2-D matrix (cast to float32) into blocks and keep those with a nonzero."""
-        w = _as_float32_dense(w)
+    def from_dense(cls, w: np.ndarray, block: tuple[int, int] = (4, 1),
+                   dtype: object = None) -> BSRMatrix:
+        """Tile a dense 2-D matrix into blocks and keep those with a nonzero; int8 stays int8,
+        anything else is cast to float32 (``dtype`` may insist on either)."""
+        w = _dense_values(w, dtype)
         br, bc = _check_block(block)
         rows, cols = w.shape
         n_brows, n_bcols = -(-rows // br), -(-cols // bc)
-        padded = np.zeros((n_brows * br, n_bcols * bc), dtype=np.float32)
+        padded = np.zeros((n_brows * br, n_bcols * bc), dtype=w.dtype)
         padded[:rows, :cols] = w
         tiles = padded.reshape(n_brows, br, n_bcols, bc).transpose(0, 2, 1, 3)
         keep = np.any(tiles != 0, axis=(2, 3))
@@ -230,11 +268,16 @@ class BSRMatrix:
         """Multiply-adds one product with ``[cols, n_cols]`` executes: n_blocks * br * bc * n_cols."""
         return self.stored * int(n_cols)
 
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
     def to_dense(self) -> np.ndarray:
+        """Dense [rows, cols]: float32, or int32 for int8 values (duplicates summed exactly)."""
         br, bc = self.block
         rows, cols = self.shape
         n_brows, n_bcols = -(-rows // br), -(-cols // bc)
-        tiles = np.zeros((n_brows, n_bcols, br, bc), dtype=np.float32)
+        tiles = np.zeros((n_brows, n_bcols, br, bc), dtype=_accumulator(self.dtype))
         brow = np.repeat(np.arange(n_brows), np.diff(self.indptr))
         np.add.at(tiles, (brow, self.indices), self.data)
         return tiles.transpose(0, 2, 1, 3).reshape(n_brows * br, n_bcols * bc)[:rows, :cols].copy()
@@ -253,8 +296,8 @@ class BSRMatrix:
                          self.data[lo:hi], (stop - start, self.shape[1]), self.block)
 
     def __repr__(self) -> str:
-        return (f"BSRMatrix(shape={self.shape}, block={self.block}, n_blocks={self.n_blocks}, "
-                f"density={self.density:.4f})")
+        return (f"BSRMatrix(shape={self.shape}, block={self.block}, dtype={self.dtype}, "
+                f"n_blocks={self.n_blocks}, density={self.density:.4f})")
 
 
 def _check_block(block: object) -> tuple[int, int]:

@@ -33,6 +33,7 @@ typedef float jc_v16u __attribute__((vector_size(64), aligned(4))); /* unaligned
 typedef struct {
     int kind;                      /* 0: matrix X[k * sk + n * sn]; 1: im2col of x */
     const float *x;
+    const int8_t *x8;              /* the int8 matrix instead of x (int8 products; kind 0 only) */
     ptrdiff_t sk, sn;              /* matrix strides, in floats */
     /* im2col: x[n, c, h, w] at x + n*sN + c*sC + h*sH + w*sW; column j = (n, p, q), row k = (c, r, s) */
     int64_t C, H, W, R, S, P, Q;
@@ -46,6 +47,8 @@ typedef struct {
     const int32_t *indptr;
     const int32_t *indices;
     const float *data;
+    const int8_t *data8;           /* int8 weights instead of data (then Y is int32) */
+    int is_int8;
     int64_t br, bc;
     int64_t n_units;               /* rows (CSR) or block rows (BSR) */
 } jc_sparse;
@@ -261,12 +264,148 @@ static void jc_item(const jc_sparse *A, int64_t M, int64_t r0, int64_t r1, const
     }
 }
 
+/* ------------------------------------------------------------------------------------------
+ * int8 weights x int8 activations -> int32, exact.
+ * X is packed as unsigned bytes u = x + 128 in k-quads: Xq[k / 4][j][k % 4], i.e. one 256-byte
+ * row holds 64 columns x 4 consecutive k — the operand layout of AVX-512 VNNI vpdpbusd
+ * (u8 x s8, four products summed into each int32 lane). A lone weight at k becomes a 32-bit
+ * word with the weight in byte k % 4 and zeros elsewhere; a quad-aligned group of 4 weights of a
+ * block row becomes one word. The +128 is taken out at the end: y = acc - 128 * sum(weights).
+ * Without VNNI the same arithmetic runs on GCC vectors (jc_dpbusd below). */
+typedef int32_t jc_vi16 __attribute__((vector_size(64), aligned(64)));
+typedef uint32_t jc_vu16 __attribute__((vector_size(64), aligned(64)));
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#include <immintrin.h>
+static inline __attribute__((always_inline)) void jc_dpbusd(jc_vi16 *acc, const jc_vi16 *u, int32_t wword)
+{
+    *acc = (jc_vi16)_mm512_dpbusd_epi32((__m512i)*acc, (__m512i)*u, _mm512_set1_epi32(wword));
+}
+#else
+static inline __attribute__((always_inline)) void jc_dpbusd(jc_vi16 *acc, const jc_vi16 *u, int32_t wword)
+{
+    const jc_vu16 uu = (jc_vu16)*u;
+    for (int b = 0; b < 4; b++) {
+        const int32_t wb = (int8_t)(uint8_t)((uint32_t)wword >> (8 * b));
+        *acc += (jc_vi16)((uu >> (8 * b)) & 0xffu) * wb;
+    }
+}
+#endif
+
+static void jc_pack_i8(const jc_src *s, int64_t K, int64_t kq, int64_t j0, int64_t w, uint8_t *Xq)
+{
+    for (int64_t q = 0; q < kq; q++) {
+        uint8_t *dst = Xq + q * JC_PW * 4;
+        for (int64_t b = 0; b < 4; b++) {
+            const int64_t k = q * 4 + b;
+            int64_t j = 0;
+            if (k < K) {
+                const int8_t *src = s->x8 + k * s->sk + j0 * s->sn;
+                for (; j < w; j++) dst[j * 4 + b] = (uint8_t)src[j * s->sn] ^ 0x80u;
+            }
+            for (; j < JC_PW; j++) dst[j * 4 + b] = 0x80u; /* x = 0 */
+        }
+    }
+}
+
+static inline void jc_store_i32(int32_t *y, const jc_vi16 *acc, int32_t sum_w, int64_t w)
+{
+    int32_t tmp[JC_PW] __attribute__((aligned(64)));
+    for (int v = 0; v < 4; v++) {
+        const jc_vi16 r = acc[v] - 128 * sum_w;
+        memcpy(tmp + v * JC_VW, &r, sizeof r);
+    }
+    memcpy(y, tmp, (size_t)w * sizeof(int32_t));
+}
+
+/* A lone weight v at column k as a vpdpbusd word: v in byte k % 4. */
+static inline int32_t jc_word(int8_t v, int64_t k)
+{
+    return (int32_t)((uint32_t)(uint8_t)v << (8 * (k & 3)));
+}
+
+/* CSR rows, or any block shape one output row at a time (br = bc = 1 is CSR). */
+static void jc_generic_i8(const jc_sparse *A, int64_t M, int64_t r0, int64_t r1,
+                          const uint8_t *restrict Xq, int32_t *restrict Y, ptrdiff_t ldy,
+                          int64_t j0, int64_t w)
+{
+    const int64_t br = A->br, bc = A->bc;
+    for (int64_t ib = r0; ib < r1; ib++) {
+        for (int64_t r = 0; r < br && ib * br + r < M; r++) {
+            jc_vi16 a[4] = {0};
+            int32_t sum_w = 0;
+            for (int64_t p = A->indptr[ib]; p < A->indptr[ib + 1]; p++) {
+                const int8_t *brow = A->data8 + (p * br + r) * bc;
+                for (int64_t c = 0; c < bc; c++) {
+                    const int64_t k = (int64_t)A->indices[p] * bc + c;
+                    const jc_vi16 *u = (const jc_vi16 *)(Xq + (k >> 2) * JC_PW * 4);
+                    const int32_t word = jc_word(brow[c], k);
+                    for (int v = 0; v < 4; v++) jc_dpbusd(&a[v], &u[v], word);
+                    sum_w += brow[c];
+                }
+            }
+            jc_store_i32(Y + (ib * br + r) * ldy + j0, a, sum_w, w);
+        }
+    }
+}
+
+/* 4-row blocks whose width is a multiple of 4: each quad of a block row is one word, and each
+ * packed quad row is loaded once for the four output rows. */
+static void jc_bsr4q_i8(const jc_sparse *A, int64_t M, int64_t r0, int64_t r1,
+                        const uint8_t *restrict Xq, int32_t *restrict Y, ptrdiff_t ldy,
+                        int64_t j0, int64_t w)
+{
+    const int64_t bc = A->bc, nq = bc / 4;
+    for (int64_t ib = r0; ib < r1; ib++) {
+        jc_vi16 a0[4] = {0}, a1[4] = {0}, a2[4] = {0}, a3[4] = {0};
+        int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (int64_t p = A->indptr[ib]; p < A->indptr[ib + 1]; p++) {
+            const int8_t *blk = A->data8 + p * 4 * bc;
+            const uint8_t *xrow = Xq + (int64_t)A->indices[p] * nq * JC_PW * 4;
+            for (int64_t c = 0; c < nq; c++) {
+                const jc_vi16 *u = (const jc_vi16 *)(xrow + c * JC_PW * 4);
+                int32_t w0, w1, w2, w3;
+                memcpy(&w0, blk + c * 4, 4);
+                memcpy(&w1, blk + bc + c * 4, 4);
+                memcpy(&w2, blk + 2 * bc + c * 4, 4);
+                memcpy(&w3, blk + 3 * bc + c * 4, 4);
+                for (int v = 0; v < 4; v++) {
+                    jc_dpbusd(&a0[v], &u[v], w0);
+                    jc_dpbusd(&a1[v], &u[v], w1);
+                    jc_dpbusd(&a2[v], &u[v], w2);
+                    jc_dpbusd(&a3[v], &u[v], w3);
+                }
+                for (int e = 0; e < 4; e++) {
+                    s0 += blk[c * 4 + e];
+                    s1 += blk[bc + c * 4 + e];
+                    s2 += blk[2 * bc + c * 4 + e];
+                    s3 += blk[3 * bc + c * 4 + e];
+                }
+            }
+        }
+        const int64_t row = ib * 4;
+        int32_t *y = Y + row * ldy + j0;
+        jc_store_i32(y, a0, s0, w);
+        if (row + 1 < M) jc_store_i32(y + ldy, a1, s1, w);
+        if (row + 2 < M) jc_store_i32(y + 2 * ldy, a2, s2, w);
+        if (row + 3 < M) jc_store_i32(y + 3 * ldy, a3, s3, w);
+    }
+}
+
+static void jc_item_i8(const jc_sparse *A, int64_t M, int64_t r0, int64_t r1, const uint8_t *Xq,
+                       int32_t *Y, ptrdiff_t ldy, int64_t j0, int64_t w)
+{
+    if (A->br == 4 && A->bc % 4 == 0) jc_bsr4q_i8(A, M, r0, r1, Xq, Y, ldy, j0, w);
+    else jc_generic_i8(A, M, r0, r1, Xq, Y, ldy, j0, w);
+}
+
 /* Y[M, N] (row stride ldy) = A @ src. K = logical columns of A; kpad = K rounded up to bc.
+ * float32: Y is float; int8 (A->is_int8): Y is int32.
  * Work items are (panel, chunk of rows); when there are few panels the rows are split so both
  * threads have work. A thread repacks only when its panel changes.
  * Returns 0, or -1 if a panel buffer could not be allocated. */
 static int jc_spmm(const jc_sparse *A, const jc_src *src, int64_t M, int64_t K, int64_t kpad,
-                   int64_t N, float *Y, ptrdiff_t ldy, int threads)
+                   int64_t N, void *Y, ptrdiff_t ldy, int threads)
 {
     if (M == 0 || N == 0) return 0;
     const int64_t n_panels = (N + JC_PW - 1) / JC_PW;
@@ -278,14 +417,16 @@ static int jc_spmm(const jc_sparse *A, const jc_src *src, int64_t M, int64_t K, 
         if (chunks < 1) chunks = 1;
     }
     const int64_t items = n_panels * chunks;
-    const size_t bytes = (size_t)(kpad > 0 ? kpad : 1) * JC_PW * sizeof(float);
+    const int64_t kq = (kpad + 3) / 4; /* int8: k-quads */
+    const size_t bytes = A->is_int8 ? (size_t)(kq > 0 ? kq : 1) * JC_PW * 4
+                                    : (size_t)(kpad > 0 ? kpad : 1) * JC_PW * sizeof(float);
     int failed = 0;
     if (threads < 1) threads = 1;
     if (items < threads) threads = (int)items;
 
     #pragma omp parallel num_threads(threads)
     {
-        float *Xp = (float *)aligned_alloc(64, bytes);
+        void *Xp = aligned_alloc(64, (bytes + 63) / 64 * 64);
         if (Xp == NULL) {
             #pragma omp atomic write
             failed = 1;
@@ -297,12 +438,15 @@ static int jc_spmm(const jc_sparse *A, const jc_src *src, int64_t M, int64_t K, 
             const int64_t panel = it / chunks, chunk = it % chunks;
             const int64_t j0 = panel * JC_PW;
             const int64_t w = (N - j0 < JC_PW) ? N - j0 : JC_PW;
-            if (panel != packed) {
-                jc_pack(src, K, kpad, j0, w, Xp);
-                packed = panel;
-            }
             const int64_t r0 = units * chunk / chunks, r1 = units * (chunk + 1) / chunks;
-            jc_item(A, M, r0, r1, Xp, Y, ldy, j0, w);
+            if (A->is_int8) {
+                if (panel != packed) jc_pack_i8(src, K, kq, j0, w, (uint8_t *)Xp);
+                jc_item_i8(A, M, r0, r1, (const uint8_t *)Xp, (int32_t *)Y, ldy, j0, w);
+            } else {
+                if (panel != packed) jc_pack(src, K, kpad, j0, w, (float *)Xp);
+                jc_item(A, M, r0, r1, (const float *)Xp, (float *)Y, ldy, j0, w);
+            }
+            packed = panel;
         }
         free(Xp);
     }

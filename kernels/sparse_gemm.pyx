@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int8_t, int32_t, int64_t
 
 from kernels.formats import BSRMatrix, CSRMatrix
 
@@ -18,6 +18,7 @@ cdef extern from "sparse_core.h" nogil:
     ctypedef struct jc_src:
         int kind
         const float *x
+        const int8_t *x8
         Py_ssize_t sk, sn
         int64_t C, H, W, R, S, P, Q
         int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
@@ -26,14 +27,18 @@ cdef extern from "sparse_core.h" nogil:
         const int32_t *indptr
         const int32_t *indices
         const float *data
+        const int8_t *data8
+        int is_int8
         int64_t br, bc
         int64_t n_units
     int jc_spmm(const jc_sparse *A, const jc_src *src, int64_t M, int64_t K, int64_t kpad,
-                int64_t N, float *Y, Py_ssize_t ldy, int threads)
+                int64_t N, void *Y, Py_ssize_t ldy, int threads)
     int JC_PW
 
 PANEL_WIDTH = JC_PW
 MAX_THREADS = 256  # each thread holds a K x 64 panel buffer
+# int8 products accumulate (x + 128) * w in int32: at most 128 * 255 per term.
+MAX_INT8_K = (2**31 - 1) // (128 * 255)
 
 
 def _check_threads(threads) -> int:
@@ -49,7 +54,8 @@ def _check_weight(W) -> None:
     # Cheap consistency checks in case the (read-only) arrays were swapped after construction.
     br, bc = (1, 1) if isinstance(W, CSRMatrix) else W.block
     n_units = -(-W.shape[0] // br)
-    if (W.indptr.dtype != np.int32 or W.indices.dtype != np.int32 or W.data.dtype != np.float32
+    if (W.indptr.dtype != np.int32 or W.indices.dtype != np.int32
+            or W.data.dtype not in (np.float32, np.int8)
             or W.indptr.shape[0] != n_units + 1 or W.indptr[0] != 0
             or W.indptr[n_units] != W.indices.shape[0] or W.data.shape[0] != W.indices.shape[0]
             or W.data.size != W.indices.shape[0] * br * bc
@@ -62,13 +68,13 @@ def _float_strides(a: np.ndarray) -> bool:
     return all(s % 4 == 0 for s in a.strides)
 
 
-def _prepare_out(out, Py_ssize_t M, Py_ssize_t N, inputs) -> np.ndarray:
+def _prepare_out(out, Py_ssize_t M, Py_ssize_t N, inputs, dtype=np.float32) -> np.ndarray:
     if out is None:
-        return np.empty((M, N), dtype=np.float32)
+        return np.empty((M, N), dtype=dtype)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-    if out.dtype != np.float32:
-        raise TypeError(f"out must have dtype float32, got {out.dtype}")
+    if out.dtype != dtype:
+        raise TypeError(f"out must have dtype {np.dtype(dtype)}, got {out.dtype}")
     if out.shape != (M, N):
         raise ValueError(f"out must have shape {(M, N)}, got {out.shape}")
     if not out.flags.writeable:
@@ -84,7 +90,9 @@ def _prepare_out(out, Py_ssize_t M, Py_ssize_t N, inputs) -> np.ndarray:
 cdef void _fill_sparse(jc_sparse *A, W, cnp.ndarray indptr, cnp.ndarray indices, cnp.ndarray data):
     A.indptr = <const int32_t *>cnp.PyArray_DATA(indptr)
     A.indices = <const int32_t *>cnp.PyArray_DATA(indices)
-    A.data = <const float *>cnp.PyArray_DATA(data)
+    A.is_int8 = data.dtype == np.int8
+    A.data = <const float *>cnp.PyArray_DATA(data) if not A.is_int8 else NULL
+    A.data8 = <const int8_t *>cnp.PyArray_DATA(data) if A.is_int8 else NULL
     if isinstance(W, CSRMatrix):
         A.br = 1
         A.bc = 1
@@ -100,7 +108,7 @@ cdef _run(W, jc_src *src, Py_ssize_t N, cnp.ndarray Y, int threads):
     _fill_sparse(&A, W, indptr, indices, data)
     cdef int64_t M = W.shape[0], K = W.shape[1]
     cdef int64_t kpad = (K + A.bc - 1) // A.bc * A.bc  # C division: keep it non-negative
-    cdef float *y = <float *>cnp.PyArray_DATA(Y)
+    cdef void *y = cnp.PyArray_DATA(Y)
     cdef Py_ssize_t ldy = Y.strides[0] // 4 if M > 1 else N
     cdef int rc
     with nogil:
@@ -110,33 +118,45 @@ cdef _run(W, jc_src *src, Py_ssize_t N, cnp.ndarray Y, int threads):
 
 
 def spmm(W, X, out=None, threads=1, return_macs=False):
-    """Y[M, N] = W @ X for a CSRMatrix or BSRMatrix W[M, K] and a dense float32 X[K, N].
+    """Y[M, N] = W @ X for a CSRMatrix or BSRMatrix W[M, K] and a dense X[K, N].
 
-    X may be any strided float32 view (transposed, sliced); it is packed 64 columns at a time.
-    ``out`` (optional) must be float32 [M, N] with contiguous rows and must not overlap X.
+    float32 W: X float32, Y float32. int8 W: X int8, Y int32, exact (AVX-512 VNNI where the
+    build has it; K at most MAX_INT8_K).
+    X may be any strided view (transposed, sliced); it is packed 64 columns at a time.
+    ``out`` (optional) must be [M, N] of Y's dtype with contiguous rows and must not overlap X.
     ``threads``: OpenMP threads over (panel, row-chunk) work items.
     Returns Y, or (Y, macs) with ``return_macs`` — the multiply-adds executed: nnz * N for CSR,
     n_blocks * br * bc * N for BSR (lanes padding a remainder panel to whole vectors not counted).
     """
     _check_weight(W)
     cdef int nthreads = _check_threads(threads)
+    int8 = W.data.dtype == np.int8
+    want = np.int8 if int8 else np.float32
     if not isinstance(X, np.ndarray):
         raise TypeError(f"X must be a numpy.ndarray, got {type(X).__name__}")
-    if X.dtype != np.float32:
-        raise TypeError(f"X must have dtype float32, got {X.dtype} (use .astype(np.float32))")
+    if X.dtype != want:
+        raise TypeError(f"X must have dtype {np.dtype(want)} for a {W.data.dtype} W, got {X.dtype}")
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D [K, N], got shape {X.shape}")
     cdef Py_ssize_t M = W.shape[0], K = W.shape[1], N = X.shape[1]
     if X.shape[0] != K:
         raise ValueError(f"shape mismatch: W is {W.shape} but X is {X.shape} (X must have {K} rows)")
-    if not _float_strides(X):
+    if int8 and K > MAX_INT8_K:
+        raise ValueError(f"int8 products need K <= {MAX_INT8_K} (int32 accumulators), got {K}")
+    if not int8 and not _float_strides(X):
         X = np.ascontiguousarray(X)
-    Y = _prepare_out(out, M, N, (X,))
+    Y = _prepare_out(out, M, N, (X,), np.int32 if int8 else np.float32)
     cdef jc_src src
     src.kind = 0
-    src.x = <const float *>cnp.PyArray_DATA(<cnp.ndarray>X)
-    src.sk = X.strides[0] // 4
-    src.sn = X.strides[1] // 4
+    src.x = NULL
+    src.x8 = NULL
+    cdef Py_ssize_t item = X.itemsize
+    if int8:
+        src.x8 = <const int8_t *>cnp.PyArray_DATA(<cnp.ndarray>X)
+    else:
+        src.x = <const float *>cnp.PyArray_DATA(<cnp.ndarray>X)
+    src.sk = X.strides[0] // item
+    src.sn = X.strides[1] // item
     _run(W, &src, N, Y, nthreads)
     return (Y, W.macs(N)) if return_macs else Y
 
@@ -148,6 +168,8 @@ def spmm_im2col(W, x, kernel_size, stride, pad, dilation, out=None, threads=1):
     Arguments are validated by ``conv.conv2d_sparse``; this checks only what guards memory.
     """
     _check_weight(W)
+    if W.data.dtype != np.float32:
+        raise TypeError(f"convolution needs a float32 W, got {W.data.dtype}")
     cdef int nthreads = _check_threads(threads)
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
         raise TypeError("x must be a float32 numpy.ndarray [N, C, H, W]")
@@ -170,6 +192,7 @@ def spmm_im2col(W, x, kernel_size, stride, pad, dilation, out=None, threads=1):
     Y = _prepare_out(out, W.shape[0], cols, (x,))
     cdef jc_src src
     src.kind = 1
+    src.x8 = NULL
     src.x = <const float *>cnp.PyArray_DATA(<cnp.ndarray>x)
     src.sk = 0
     src.sn = 0
