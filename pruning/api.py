@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-import io
+import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -222,12 +222,15 @@ def prune(
     proto, module = _to_module(model, example)
     module = module.eval()
     shape = _input_shape(proto)
+    where = module.file and f"data for {module.file}"
+    for x_, y_ in ((train_x, train_y), (val_x, val_y)):  # shapes first: a wrong shape must not reach torch
+        check_data(x_.numpy(), y_.numpy(), shape, int(y_.max()) + 1 if len(y_) else 1, file=where)
     with torch.no_grad():
         out = module(example)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise ModelError("prune needs a classifier with one N x classes output", file=module.file)
     for x_, y_ in ((train_x, train_y), (val_x, val_y)):
-        check_data(x_.numpy(), y_.numpy(), shape, out.shape[1], file=module.file and f"data for {module.file}")
+        check_data(x_.numpy(), y_.numpy(), shape, out.shape[1], file=where)
 
     hw = spec
     if not isinstance(spec, HardwareSpec):
@@ -267,6 +270,11 @@ def prune(
     accuracy_before = evaluate(state.module)
     ctx.log(state, "dense", accuracy=accuracy_before)
     options = dict(method_options or {})
+    function = {"magnitude": methods.magnitude, "energy-aware": methods.energy_aware, "budget": methods.budget}[method]
+    allowed = [p for p in inspect.signature(function).parameters if p not in ("ctx", "state", "target_pj", "mode")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"method_options for {method!r} must be among {allowed}, got {unknown}")
     if method == "magnitude":
         state = methods.magnitude(ctx, state, target, mode=magnitude_mode, **options)
     elif method == "energy-aware":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -94,11 +95,13 @@ def _torch_export(module: nn.Module, example: tuple[torch.Tensor, ...], opset: i
     was_training = module.training
     module.eval()
     try:
-        torch.onnx.export(
-            module, example, buffer, dynamo=False, opset_version=opset,
-            input_names=names, output_names=["output"],
-            dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}},
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, chosen on purpose
+            torch.onnx.export(
+                module, example, buffer, dynamo=False, opset_version=opset,
+                input_names=names, output_names=["output"],
+                dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}},
+            )
     finally:
         module.train(was_training)
     return onnx.load_from_string(buffer.getvalue())
