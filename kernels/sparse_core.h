@@ -294,17 +294,33 @@ static inline __attribute__((always_inline)) void jc_dpbusd(jc_vi16 *acc, const 
 
 static void jc_pack_i8(const jc_src *s, int64_t K, int64_t kq, int64_t j0, int64_t w, uint8_t *Xq)
 {
+    static const int8_t zero = 0;
     for (int64_t q = 0; q < kq; q++) {
-        uint8_t *dst = Xq + q * JC_PW * 4;
-        for (int64_t b = 0; b < 4; b++) {
+        uint32_t *dst = (uint32_t *)(Xq + q * JC_PW * 4);
+        /* the quad's four rows; rows past K read a zero (stride 0) */
+        const int8_t *r[4];
+        ptrdiff_t st[4];
+        for (int b = 0; b < 4; b++) {
             const int64_t k = q * 4 + b;
-            int64_t j = 0;
-            if (k < K) {
-                const int8_t *src = s->x8 + k * s->sk + j0 * s->sn;
-                for (; j < w; j++) dst[j * 4 + b] = (uint8_t)src[j * s->sn] ^ 0x80u;
-            }
-            for (; j < JC_PW; j++) dst[j * 4 + b] = 0x80u; /* x = 0 */
+            r[b] = k < K ? s->x8 + k * s->sk + j0 * s->sn : &zero;
+            st[b] = k < K ? s->sn : 0;
         }
+        if (q * 4 + 4 + JC_PREFETCH <= K && s->sn == 1) {
+            for (int b = 0; b < 4; b++) __builtin_prefetch(r[b] + JC_PREFETCH * s->sk, 0, 3);
+        }
+        if (q * 4 + 4 <= K && s->sn == 1) { /* the common case: four contiguous rows */
+            for (int64_t j = 0; j < w; j++) {
+                dst[j] = ((uint32_t)(uint8_t)r[0][j] | (uint32_t)(uint8_t)r[1][j] << 8 |
+                          (uint32_t)(uint8_t)r[2][j] << 16 | (uint32_t)(uint8_t)r[3][j] << 24) ^ 0x80808080u;
+            }
+        } else {
+            for (int64_t j = 0; j < w; j++) {
+                dst[j] = ((uint32_t)(uint8_t)r[0][j * st[0]] | (uint32_t)(uint8_t)r[1][j * st[1]] << 8 |
+                          (uint32_t)(uint8_t)r[2][j * st[2]] << 16 |
+                          (uint32_t)(uint8_t)r[3][j * st[3]] << 24) ^ 0x80808080u;
+            }
+        }
+        for (int64_t j = w; j < JC_PW; j++) dst[j] = 0x80808080u; /* x = 0 */
     }
 }
 
