@@ -139,6 +139,36 @@ def measure_conv(threads: int, sparsity: float, repeats: int, rng) -> dict:
     return {"median_s": med, "speedup": {v: med["dense"] / med[v] for v in ("csr", "bsr4x4")}}
 
 
+def measure_int8(threads: int, sparsity: float, repeats: int, rng) -> dict:
+    """int8 W x int8 X -> int32 on the 3x3 shape, beside torch's float32 dense matmul and our
+    float32 kernel on the same masks (a cross-precision comparison: same shapes and sparsity)."""
+    _, m, k, n = SHAPES[0]
+    x = rng.standard_normal((k, n)).astype(np.float32)
+    x8 = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    w = rng.standard_normal((m, k)).astype(np.float32)
+    w8 = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    unstructured = rng.random((m, k)) >= sparsity
+    blocks = block_mask(rng, m, k, (4, 4), sparsity)
+    mats = {
+        "csr": CSRMatrix.from_dense(w * unstructured), "csr_i8": CSRMatrix.from_dense(w8 * unstructured),
+        "bsr4x4": BSRMatrix.from_dense(w * blocks, (4, 4)),
+        "bsr4x4_i8": BSRMatrix.from_dense(w8 * blocks, (4, 4)),
+    }
+    tw, tx = torch.from_numpy(w), torch.from_numpy(x)
+    torch.set_num_threads(threads)
+    runs = {"dense": lambda: torch.matmul(tw, tx)}
+    for name, mat in mats.items():
+        runs[name] = (lambda a=mat, b=(x8 if name.endswith("_i8") else x): spmm(a, b, threads=threads))
+    for fn in runs.values():
+        fn()
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            times[name].append(timed(fn))
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    return {"median_s": med, "speedup": {v: med["dense"] / med[v] for v in mats}}
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -153,7 +183,8 @@ def machine() -> str:
             f"(torch.backends.mkldnn={torch.backends.mkldnn.is_available()})")
 
 
-def render(rows: list[dict], conv_rows: list[dict], command: str, started: str, repeats: int) -> str:
+def render(rows: list[dict], conv_rows: list[dict], int8_rows: list[dict], command: str,
+           started: str, repeats: int) -> str:
     out = [SECTION, "",
            f"- date (UTC): {started}",
            f"- command: `{command}`",
@@ -199,6 +230,16 @@ def render(rows: list[dict], conv_rows: list[dict], command: str, started: str, 
             out.append(f"| {r['threads']} | {r['sparsity']:.0%} | {med['dense'] * 1e3:.2f} "
                        f"| {med['csr'] * 1e3:.2f} ms {sp['csr']:.2f}x | {med['bsr4x4'] * 1e3:.2f} ms "
                        f"{sp['bsr4x4']:.2f}x | {' / '.join(f'{v:.2f}' for v in r['load'])} |")
+    if int8_rows:
+        out += ["", "### int8 x int8 -> int32 (exact), 3x3 shape, vs torch float32 dense and our float32 "
+                "kernel on the same masks", "",
+                "| threads | sparsity | torch fp32 ms | csr fp32 | csr int8 | bsr 4x4 fp32 | bsr 4x4 int8 "
+                "| load avg |", "|---|---|---|---|---|---|---|---|"]
+        for r in int8_rows:
+            med, sp = r["median_s"], r["speedup"]
+            cells = [f"{med[v] * 1e3:.2f} ms {sp[v]:.2f}x" for v in ("csr", "csr_i8", "bsr4x4", "bsr4x4_i8")]
+            out.append(f"| {r['threads']} | {r['sparsity']:.0%} | {med['dense'] * 1e3:.2f} | "
+                       + " | ".join(cells) + f" | {' / '.join(f'{v:.2f}' for v in r['load'])} |")
     return "\n".join(out) + "\n"
 
 
@@ -253,7 +294,17 @@ def main(argv: list[str] | None = None) -> int:
                 conv_rows.append(r)
                 print(f"{'conv2d 3x3 512ch 56x56':>22} t={threads} s={s:.2f} torch {r['median_s']['dense'] * 1e3:8.2f} ms"
                       f" | csr {r['speedup']['csr']:5.2f}x  4x4 {r['speedup']['bsr4x4']:5.2f}x", flush=True)
-    text = render(rows, conv_rows, command.strip(), started, repeats)
+    int8_rows = []
+    if not args.quick:
+        for threads in thread_counts:
+            for s in (0.9, 0.95, 0.99):
+                r = measure_int8(threads, s, repeats, rng)
+                r.update(threads=threads, sparsity=s, load=os.getloadavg())
+                int8_rows.append(r)
+                sp = r["speedup"]
+                print(f"{'int8 3x3 shape':>22} t={threads} s={s:.2f} | csr {sp['csr']:5.2f}x i8 {sp['csr_i8']:5.2f}x"
+                      f"  4x4 {sp['bsr4x4']:5.2f}x i8 {sp['bsr4x4_i8']:5.2f}x", flush=True)
+    text = render(rows, conv_rows, int8_rows, command.strip(), started, repeats)
     if args.quick or args.no_write:
         print(text)
     else:
