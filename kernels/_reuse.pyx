@@ -34,47 +34,98 @@ cdef extern from *:
     #endif
     }
 
+    /* 16-float vectors (GCC vector extension; one zmm with AVX-512). aligned(4): no
+     * alignment needed for loads. */
+    typedef float jr_v16 __attribute__((vector_size(64), aligned(4)));
+    static inline jr_v16 jr_load(const float *p) { jr_v16 v; memcpy(&v, p, sizeof v); return v; }
+    static inline void jr_store(float *p, jr_v16 v) { memcpy(p, &v, sizeof v); }
+
+    #if defined(__AVX512F__)
+    #include <immintrin.h>
+    static inline uint64_t jr_signbits(jr_v16 v) {
+        __m512 x;
+        memcpy(&x, &v, sizeof x);
+        return (uint64_t)_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ);
+    }
+    #else
+    static inline uint64_t jr_signbits(jr_v16 v) {
+        uint64_t c = 0;
+        for (int h = 0; h < 16; h++) c |= (uint64_t)(v[h] > 0.0f) << h;
+        return c;
+    }
+    #endif
+
+    /* Sign codes of nb rows of X at columns k0..k0+len. projT [K, nv*16]: each column's
+     * projection coefficients, zero-padded to whole vectors (a zero lane adds no bit). */
+    static void jr_codes(const float *X, int64_t K, const float *projT, int nv, int64_t r0,
+                         int64_t nb, int64_t k0, int64_t len, uint64_t *code) {
+        const int64_t hp = (int64_t)nv * 16;
+        if (nv == 1) {
+            /* eight rows at a time (a GEMM micro-kernel): each projection load feeds eight
+             * independent FMA chains, so the FMAs are not waiting on each other */
+            int64_t i = 0;
+            for (; i + 8 <= nb; i += 8) {
+                const float *xs = X + (r0 + i) * K + k0;
+                jr_v16 a[8] = {{0}, {0}, {0}, {0}, {0}, {0}, {0}, {0}};
+                for (int64_t j = 0; j < len; j++) {
+                    const jr_v16 p = jr_load(projT + (k0 + j) * hp);
+                    for (int u = 0; u < 8; u++) a[u] += xs[u * K + j] * p;
+                }
+                for (int u = 0; u < 8; u++) code[i + u] = jr_signbits(a[u]);
+            }
+            for (; i < nb; i++) {
+                const float *x0 = X + (r0 + i) * K + k0;
+                jr_v16 a0 = {0};
+                for (int64_t j = 0; j < len; j++) a0 += x0[j] * jr_load(projT + (k0 + j) * hp);
+                code[i] = jr_signbits(a0);
+            }
+            return;
+        }
+        for (int64_t i = 0; i < nb; i++) {
+            const float *x0 = X + (r0 + i) * K + k0;
+            jr_v16 a[4] = {{0}, {0}, {0}, {0}};
+            for (int64_t j = 0; j < len; j++) {
+                const float *pj = projT + (k0 + j) * hp;
+                for (int v = 0; v < nv; v++) a[v] += x0[j] * jr_load(pj + 16 * v);
+            }
+            uint64_t c = 0;
+            for (int v = 0; v < nv; v++) c |= jr_signbits(a[v]) << (16 * v);
+            code[i] = c;
+        }
+    }
+
     /* Cluster the rows r0..r1 of X at columns k0..k1 (len = k1-k0) and add the reused
-     * products into Y. proj [K, H]: rows k0..k1 are this position's projections.
-     * Scratch (per thread): code [nb], cid [nb], table [2*cap], cent [nb*len], cnt [nb],
-     * prod [nb*M]. Returns the number of nonzero clusters; *n_zero_rows gets the number
-     * of all-zero sub-vectors (they form one more cluster whose product is skipped). */
+     * products into Y. Scratch (per thread): code [nb], cid [nb], key [nb], table [cap],
+     * cent [nb*len], cnt [nb], prod [nb*M]. Returns the number of nonzero clusters;
+     * *n_zero_rows gets the number of all-zero sub-vectors (they form one more cluster
+     * whose product is skipped). */
     static int64_t jr_position(const float *X, int64_t K, const float *W, int64_t M,
-                               const float *proj, int H, int64_t r0, int64_t r1, int64_t k0,
-                               int64_t k1, float *Y, uint64_t *code, int64_t *cid,
-                               int64_t *table, int64_t cap, float *cent, int64_t *cnt,
-                               float *prod, int64_t *n_zero_rows) {
+                               const float *projT, int nv, int64_t r0, int64_t r1, int64_t k0,
+                               int64_t k1, float *Y, uint64_t *code, int32_t *cid,
+                               uint64_t *key, int32_t *table, int64_t cap, float *cent,
+                               int32_t *cnt, float *prod, int64_t *n_zero_rows) {
         const int64_t nb = r1 - r0, len = k1 - k0;
-        float acc[64];
         int64_t nc = 0, zeros = 0;
+        jr_codes(X, K, projT, nv, r0, nb, k0, len, code);
         for (int64_t s = 0; s < cap; s++) table[s] = -1;
         for (int64_t i = 0; i < nb; i++) {
             const float *xr = X + (r0 + i) * K + k0;
             int nz = 0;
-            for (int h = 0; h < H; h++) acc[h] = 0.0f;
-            for (int64_t j = 0; j < len; j++) {
-                const float v = xr[j];
-                if (v == 0.0f) continue;
-                nz = 1;
-                const float *pj = proj + (k0 + j) * H;
-                for (int h = 0; h < H; h++) acc[h] += v * pj[h];
-            }
+            for (int64_t j = 0; j < len; j++) nz |= xr[j] != 0.0f;
             if (!nz) { cid[i] = -1; zeros++; continue; }
-            uint64_t c = 0;
-            for (int h = 0; h < H; h++) c |= (uint64_t)(acc[h] > 0.0f) << h;
+            const uint64_t c = code[i];
             /* open addressing on the code: cap is a power of two >= 2 nb */
-            uint64_t hs = c * 0x9E3779B97F4A7C15ull;
-            int64_t s = (int64_t)(hs >> 40) & (cap - 1);
-            while (table[s] >= 0 && code[table[s]] != c) s = (s + 1) & (cap - 1);
+            int64_t s = (int64_t)((c * 0x9E3779B97F4A7C15ull) >> 40) & (cap - 1);
+            while (table[s] >= 0 && key[table[s]] != c) s = (s + 1) & (cap - 1);
             if (table[s] < 0) {
-                table[s] = nc;
-                code[nc] = c;
+                table[s] = (int32_t)nc;
+                key[nc] = c;
                 cnt[nc] = 0;
                 memset(cent + nc * len, 0, sizeof(float) * (size_t)len);
                 nc++;
             }
             const int64_t k = table[s];
-            cid[i] = k;
+            cid[i] = (int32_t)k;
             cnt[k]++;
             float *ck = cent + k * len;
             for (int64_t j = 0; j < len; j++) ck[j] += xr[j];
@@ -94,9 +145,11 @@ cdef extern from *:
         /* reuse: every member row gets its cluster's product */
         for (int64_t i = 0; i < nb; i++) {
             if (cid[i] < 0) continue;
-            const float *pk = prod + cid[i] * M;
+            const float *pk = prod + (int64_t)cid[i] * M;
             float *yr = Y + (r0 + i) * M;
-            for (int64_t m = 0; m < M; m++) yr[m] += pk[m];
+            int64_t m = 0;
+            for (; m + 16 <= M; m += 16) jr_store(yr + m, jr_load(yr + m) + jr_load(pk + m));
+            for (; m < M; m++) yr[m] += pk[m];
         }
         *n_zero_rows = zeros;
         return nc;
@@ -106,7 +159,7 @@ cdef extern from *:
      * order. clusters / zero_rows [n_blocks, n_pos]: per (block, position), the nonzero
      * clusters and the all-zero sub-vectors. */
     static int jr_reuse_matmul(const float *X, int64_t N, int64_t K, const float *W, int64_t M,
-                               const float *proj, int H, int64_t sub_len, int64_t block_rows,
+                               const float *projT, int nv, int64_t sub_len, int64_t block_rows,
                                float *Y, int64_t *clusters, int64_t *zero_rows, int nthreads) {
         const int64_t n_pos = (K + sub_len - 1) / sub_len;
         const int64_t n_blocks = (N + block_rows - 1) / block_rows;
@@ -117,12 +170,13 @@ cdef extern from *:
             int64_t cap = 16;
             while (cap < 2 * block_rows) cap <<= 1;
             uint64_t *code = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)block_rows);
-            int64_t *cid = (int64_t *)malloc(sizeof(int64_t) * (size_t)block_rows);
-            int64_t *table = (int64_t *)malloc(sizeof(int64_t) * (size_t)cap);
+            uint64_t *key = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)block_rows);
+            int32_t *cid = (int32_t *)malloc(sizeof(int32_t) * (size_t)block_rows);
+            int32_t *table = (int32_t *)malloc(sizeof(int32_t) * (size_t)cap);
             float *cent = (float *)malloc(sizeof(float) * (size_t)(block_rows * sub_len));
-            int64_t *cnt = (int64_t *)malloc(sizeof(int64_t) * (size_t)block_rows);
+            int32_t *cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)block_rows);
             float *prod = (float *)malloc(sizeof(float) * (size_t)(block_rows * M));
-            if (!code || !cid || !table || !cent || !cnt || !prod) {
+            if (!code || !key || !cid || !table || !cent || !cnt || !prod) {
                 #pragma omp atomic write
                 failed = 1;
             } else {
@@ -133,21 +187,137 @@ cdef extern from *:
                     for (int64_t p = 0; p < n_pos; p++) {
                         const int64_t k0 = p * sub_len;
                         const int64_t k1 = k0 + sub_len < K ? k0 + sub_len : K;
-                        clusters[b * n_pos + p] = jr_position(X, K, W, M, proj, H, r0, r1, k0,
-                                                              k1, Y, code, cid, table, cap,
-                                                              cent, cnt, prod,
+                        clusters[b * n_pos + p] = jr_position(X, K, W, M, projT, nv, r0, r1,
+                                                              k0, k1, Y, code, cid, key, table,
+                                                              cap, cent, cnt, prod,
                                                               &zero_rows[b * n_pos + p]);
                     }
                 }
             }
-            free(code); free(cid); free(table); free(cent); free(cnt); free(prod);
+            free(code); free(key); free(cid); free(table); free(cent); free(cnt); free(prod);
+        }
+        return failed;
+    }
+    /* Conv with reuse shared across kernel offsets. xp: input pixels channels-last, one
+     * row of C floats per pixel ([n_img*H*Wd, C]). A sub-vector is a channel chunk of one
+     * pixel; it is the sub-vector of every im2col row that reads that pixel, so it is hashed
+     * and clustered once (per block of images) instead of R*S times. Per chunk g and
+     * cluster k the products cent_k @ W2[(r,s) rows of g] are formed for every (r, s), and
+     * each output pixel adds, per (r, s), the product of the cluster its input pixel is in.
+     * W2 [R*S*C, M] rows ordered (r, s, c). Y [n_img*P*Q, M].
+     * clusters / zero_px [n_blocks, n_chunks]. Returns nonzero on allocation failure. */
+    static int jr_reuse_conv(const float *xp, int64_t n_img, int64_t Hh, int64_t Wd, int64_t C,
+                             const float *projT, int nv, int64_t sub_len, const float *W2,
+                             int64_t M, int64_t R, int64_t S, int64_t stride, int64_t pad,
+                             int64_t P, int64_t Q, int64_t block_imgs, float *Y,
+                             int64_t *clusters, int64_t *zero_px, int nthreads) {
+        const int64_t n_chunks = (C + sub_len - 1) / sub_len;
+        const int64_t n_blocks = (n_img + block_imgs - 1) / block_imgs;
+        const int64_t px_img = Hh * Wd, cap_px = block_imgs * px_img, RS = R * S;
+        int failed = 0;
+        memset(Y, 0, sizeof(float) * (size_t)(n_img * P * Q * M));
+        #pragma omp parallel num_threads(jr_threads(nthreads)) if (n_blocks > 1)
+        {
+            int64_t cap = 16;
+            while (cap < 2 * cap_px) cap <<= 1;
+            uint64_t *code = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)cap_px);
+            uint64_t *key = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)cap_px);
+            int32_t *cid = (int32_t *)malloc(sizeof(int32_t) * (size_t)cap_px);
+            int32_t *table = (int32_t *)malloc(sizeof(int32_t) * (size_t)cap);
+            float *cent = (float *)malloc(sizeof(float) * (size_t)(cap_px * sub_len));
+            int32_t *cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)cap_px);
+            float *prod = (float *)malloc(sizeof(float) * (size_t)(cap_px * RS * M));
+            if (!code || !key || !cid || !table || !cent || !cnt || !prod) {
+                #pragma omp atomic write
+                failed = 1;
+            } else {
+                #pragma omp for schedule(dynamic, 1)
+                for (int64_t b = 0; b < n_blocks; b++) {
+                    const int64_t i0 = b * block_imgs;
+                    const int64_t i1 = i0 + block_imgs < n_img ? i0 + block_imgs : n_img;
+                    const int64_t r0 = i0 * px_img, nb = (i1 - i0) * px_img;
+                    for (int64_t g = 0; g < n_chunks; g++) {
+                        const int64_t c0 = g * sub_len;
+                        const int64_t len = c0 + sub_len < C ? sub_len : C - c0;
+                        int64_t nc = 0, zeros = 0;
+                        jr_codes(xp, C, projT, nv, r0, nb, c0, len, code);
+                        for (int64_t t = 0; t < cap; t++) table[t] = -1;
+                        for (int64_t i = 0; i < nb; i++) {
+                            const float *xr = xp + (r0 + i) * C + c0;
+                            int nz = 0;
+                            for (int64_t j = 0; j < len; j++) nz |= xr[j] != 0.0f;
+                            if (!nz) { cid[i] = -1; zeros++; continue; }
+                            const uint64_t c = code[i];
+                            int64_t t = (int64_t)((c * 0x9E3779B97F4A7C15ull) >> 40) & (cap - 1);
+                            while (table[t] >= 0 && key[table[t]] != c) t = (t + 1) & (cap - 1);
+                            if (table[t] < 0) {
+                                table[t] = (int32_t)nc;
+                                key[nc] = c;
+                                cnt[nc] = 0;
+                                memset(cent + nc * len, 0, sizeof(float) * (size_t)len);
+                                nc++;
+                            }
+                            const int64_t k = table[t];
+                            cid[i] = (int32_t)k;
+                            cnt[k]++;
+                            float *ck = cent + k * len;
+                            for (int64_t j = 0; j < len; j++) ck[j] += xr[j];
+                        }
+                        /* prod[(k*RS + rs)*M + m] = mean_k @ W2[rs*C + c0 .. + len] */
+                        for (int64_t k = 0; k < nc; k++) {
+                            const float inv = 1.0f / (float)cnt[k];
+                            const float *ck = cent + k * len;
+                            for (int64_t rs = 0; rs < RS; rs++) {
+                                float *pk = prod + (k * RS + rs) * M;
+                                for (int64_t m = 0; m < M; m++) pk[m] = 0.0f;
+                                for (int64_t j = 0; j < len; j++) {
+                                    const float v = ck[j] * inv;
+                                    const float *wj = W2 + (rs * C + c0 + j) * M;
+                                    for (int64_t m = 0; m < M; m++) pk[m] += v * wj[m];
+                                }
+                            }
+                        }
+                        /* each output pixel adds the products of the pixels it reads */
+                        for (int64_t im = i0; im < i1; im++) {
+                            for (int64_t oy = 0; oy < P; oy++) {
+                                for (int64_t ox = 0; ox < Q; ox++) {
+                                    float *yr = Y + ((im * P + oy) * Q + ox) * M;
+                                    for (int64_t r = 0; r < R; r++) {
+                                        const int64_t iy = oy * stride + r - pad;
+                                        if (iy < 0 || iy >= Hh) continue;
+                                        for (int64_t s2 = 0; s2 < S; s2++) {
+                                            const int64_t ix = ox * stride + s2 - pad;
+                                            if (ix < 0 || ix >= Wd) continue;
+                                            const int32_t k = cid[(im - i0) * px_img + iy * Wd + ix];
+                                            if (k < 0) continue;
+                                            const float *pk = prod + ((int64_t)k * RS + r * S + s2) * M;
+                                            int64_t m = 0;
+                                            for (; m + 16 <= M; m += 16)
+                                                jr_store(yr + m, jr_load(yr + m) + jr_load(pk + m));
+                                            for (; m < M; m++) yr[m] += pk[m];
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        clusters[b * n_chunks + g] = nc;
+                        zero_px[b * n_chunks + g] = zeros;
+                    }
+                }
+            }
+            free(code); free(key); free(cid); free(table); free(cent); free(cnt); free(prod);
         }
         return failed;
     }
     """
     int jr_reuse_matmul(const float *X, int64_t N, int64_t K, const float *W, int64_t M,
-                        const float *proj, int H, int64_t sub_len, int64_t block_rows,
+                        const float *projT, int nv, int64_t sub_len, int64_t block_rows,
                         float *Y, int64_t *clusters, int64_t *zero_rows, int nthreads) nogil
+    int jr_reuse_conv(const float *xp, int64_t n_img, int64_t Hh, int64_t Wd, int64_t C,
+                      const float *projT, int nv, int64_t sub_len, const float *W2,
+                      int64_t M, int64_t R, int64_t S, int64_t stride, int64_t pad,
+                      int64_t P, int64_t Q, int64_t block_imgs, float *Y,
+                      int64_t *clusters, int64_t *zero_px, int nthreads) nogil
 
 MAX_HASHES = 64
 
@@ -163,8 +333,6 @@ def _matrix(a, name, rows=None, cols=None):
         raise ValueError(f"{name} must have {rows} rows, got shape {a.shape}")
     if cols is not None and a.shape[1] != cols:
         raise ValueError(f"{name} must have {cols} columns, got shape {a.shape}")
-    if a.size and not np.isfinite(a).all():
-        raise ValueError(f"{name} must be finite (no NaN or inf)")
     return np.ascontiguousarray(a)
 
 
@@ -199,16 +367,85 @@ def reuse_matmul_kernel(X, W, proj, int sub_len, int64_t block_rows, int nthread
     if N == 0 or M == 0:
         return Y, clusters, zero_rows
     block_rows = min(block_rows, N)
+    if block_rows >= 2**30:
+        raise ValueError(f"block_rows must be < 2**30, got {block_rows}")
+    # projections padded to whole 16-float vectors (zero lanes give zero bits)
+    cdef int nv = (H + 15) // 16
+    projT = np.zeros((K, nv * 16), dtype=np.float32)
+    projT[:, :H] = proj
     cdef float[:, ::1] xv = X
     cdef float[:, ::1] wv = W
-    cdef float[:, ::1] pv = proj
+    cdef float[:, ::1] pv = projT
     cdef float[:, ::1] yv = Y
     cdef int64_t[:, ::1] cv = clusters
     cdef int64_t[:, ::1] zv = zero_rows
     cdef int failed
     with nogil:
-        failed = jr_reuse_matmul(&xv[0, 0], N, K, &wv[0, 0], M, &pv[0, 0], H, sub_len,
+        failed = jr_reuse_matmul(&xv[0, 0], N, K, &wv[0, 0], M, &pv[0, 0], nv, sub_len,
                                  block_rows, &yv[0, 0], &cv[0, 0], &zv[0, 0], nthreads)
     if failed:
         raise MemoryError("reuse_matmul: could not allocate per-thread scratch")
     return Y, clusters, zero_rows
+
+
+def reuse_conv_kernel(x, weight, proj, int sub_len, int stride, int pad, int64_t block_imgs,
+                      int nthreads=0):
+    """Conv2d with deep reuse shared across kernel offsets: (Y [N*P*Q, M], P, Q, clusters,
+    zero_px), the last two [n_blocks, n_chunks] int64 (per block of images and channel chunk:
+    nonzero clusters of input pixels, all-zero pixel chunks).
+
+    x [N, C, H, W], weight [M, C, R, S], proj [C, n_hashes] float32; sub-vectors are chunks
+    of sub_len channels of one input pixel. No bias (the caller adds it).
+    """
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
+        raise TypeError(f"x must be a 4-D float32 numpy.ndarray (NCHW), got "
+                        f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    if not isinstance(weight, np.ndarray) or weight.dtype != np.float32 or weight.ndim != 4:
+        raise TypeError("weight must be a 4-D float32 numpy.ndarray [M, C, R, S]")
+    cdef int64_t N = x.shape[0], C = x.shape[1], Hh = x.shape[2], Wd = x.shape[3]
+    cdef int64_t M = weight.shape[0], R = weight.shape[2], S = weight.shape[3]
+    if weight.shape[1] != C:
+        raise ValueError(f"weight must have {C} input channels, got {weight.shape[1]}")
+    proj = _matrix(proj, "proj", rows=C)
+    cdef int H = proj.shape[1]
+    if not 1 <= H <= MAX_HASHES:
+        raise ValueError(f"n_hashes (proj columns) must be in 1..{MAX_HASHES}, got {H}")
+    if not 1 <= sub_len <= C:
+        raise ValueError(f"sub_len must be in 1..{C} (the input channels), got {sub_len}")
+    if stride < 1 or pad < 0:
+        raise ValueError(f"stride must be >= 1 and pad >= 0, got stride={stride}, pad={pad}")
+    if Hh + 2 * pad < R or Wd + 2 * pad < S or R < 1 or S < 1:
+        raise ValueError(f"kernel {R}x{S} does not fit the padded input {Hh + 2 * pad}x{Wd + 2 * pad}")
+    if block_imgs < 1:
+        raise ValueError(f"block_imgs must be >= 1, got {block_imgs}")
+    cdef int64_t P = (Hh + 2 * pad - R) // stride + 1
+    cdef int64_t Q = (Wd + 2 * pad - S) // stride + 1
+    cdef int64_t n_chunks = (C + sub_len - 1) // sub_len
+    block_imgs = max(1, min(block_imgs, N))
+    cdef int64_t n_blocks = (N + block_imgs - 1) // block_imgs if N else 0
+    if block_imgs * Hh * Wd >= 2**30:
+        raise ValueError("block_imgs * H * W must be < 2**30")
+    Y = np.zeros((N * P * Q, M), dtype=np.float32)
+    clusters = np.zeros((n_blocks, n_chunks), dtype=np.int64)
+    zero_px = np.zeros((n_blocks, n_chunks), dtype=np.int64)
+    if N == 0 or M == 0:
+        return Y, P, Q, clusters, zero_px
+    xp = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(N * Hh * Wd, C)
+    W2 = np.ascontiguousarray(weight.transpose(2, 3, 1, 0)).reshape(R * S * C, M)
+    cdef int nv = (H + 15) // 16
+    projT = np.zeros((C, nv * 16), dtype=np.float32)
+    projT[:, :H] = proj
+    cdef float[:, ::1] xv = xp
+    cdef float[:, ::1] wv = W2
+    cdef float[:, ::1] pv = projT
+    cdef float[:, ::1] yv = Y
+    cdef int64_t[:, ::1] cv = clusters
+    cdef int64_t[:, ::1] zv = zero_px
+    cdef int failed
+    with nogil:
+        failed = jr_reuse_conv(&xv[0, 0], N, Hh, Wd, C, &pv[0, 0], nv, sub_len, &wv[0, 0], M,
+                               R, S, stride, pad, P, Q, block_imgs, &yv[0, 0], &cv[0, 0],
+                               &zv[0, 0], nthreads)
+    if failed:
+        raise MemoryError("reuse_conv: could not allocate per-thread scratch")
+    return Y, P, Q, clusters, zero_px

@@ -31,13 +31,12 @@ cdef extern from "hashing_core.h" nogil:
                       float *values, int nthreads)
     void jc_mark(const uint32_t *qcodes, int64_t B, int L, int code_bits, int slot_bits,
                  const int32_t *offsets, const int32_t *ids, const uint32_t *ecodes,
-                 int64_t N, uint64_t *bits, int nthreads)
+                 int64_t N, int T, uint64_t *bits, int64_t *cnt, int nthreads)
     int jc_threads(int requested)
-    void jc_count_marks(const uint64_t *bits, int64_t B, int64_t N, int T, int64_t *cnt,
-                        int64_t *distinct)
     void jc_grouped_dots(const uint64_t *bits, const float *x, int64_t B, int64_t d,
                          const float *W, const float *bias, int64_t N, int T,
-                         int64_t *cursor, int32_t *indices, float *values)
+                         int64_t *cursor, int32_t *indices, float *values,
+                         int64_t *distinct)
     void jc_prefix_union(const uint32_t *qcodes, int64_t B, int L, int code_bits,
                          int slot_bits, const int32_t *offsets, const int32_t *ids,
                          const uint32_t *ecodes, int64_t N, int64_t *sizes, int nthreads)
@@ -150,6 +149,7 @@ cdef class BucketTables:
     cdef readonly int64_t N
     cdef readonly object offsets, ids, codes_sorted, codes
     cdef public int64_t last_distinct  # rows loaded by the last forward_grouped (per chunk)
+    cdef object _bits
 
     def __init__(self, codes, int code_bits, int nthreads=0):
         if not 1 <= code_bits <= MAX_CODE_BITS:
@@ -165,6 +165,7 @@ cdef class BucketTables:
         self.code_bits = code_bits
         self.slot_bits = min(code_bits, max(4, int(max(self.N - 1, 1)).bit_length()))
         self.codes = codes
+        self._bits = None
         S = 1 << self.slot_bits
         self.offsets = np.zeros((self.L, S + 1), dtype=np.int32)
         self.ids = np.zeros((self.L, max(self.N, 1)), dtype=np.int32)
@@ -309,29 +310,25 @@ cdef class BucketTables:
         cdef int64_t B = x.shape[0]
         cdef int64_t N = self.N
         cdef int64_t d = W.shape[1]
-        cdef int T = max(1, jc_threads(nthreads))
+        cdef int T = min(64, max(1, jc_threads(nthreads)))
         cdef int64_t nw = (B + 63) // 64
-        bits = np.empty(max(nw * N, 1), dtype=np.uint64)
-        cdef uint64_t[::1] bitv = bits
+        if N == 0:
+            return np.zeros(B + 1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+        # the bitmap is scratch: keep it between calls (no page faults on every forward)
+        if self._bits is None or self._bits.shape[0] < nw * N:
+            self._bits = np.empty(nw * N, dtype=np.uint64)
+        cdef uint64_t[::1] bitv = self._bits
         cdef uint32_t[:, ::1] qv = qcodes
         cdef int32_t[:, ::1] ov = self.offsets
         cdef int32_t[:, ::1] iv = self.ids
         cdef uint32_t[:, ::1] ev = self.codes_sorted
-        if N == 0:
-            return np.zeros(B + 1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+        cnt = np.zeros((T, B), dtype=np.int64)
+        cdef int64_t[:, ::1] cntv = cnt
         with nogil:
             jc_mark(&qv[0, 0], B, self.L, self.code_bits, self.slot_bits, &ov[0, 0],
-                    &iv[0, 0], &ev[0, 0], N, &bitv[0], nthreads)
-        cnt = np.zeros((T, B), dtype=np.int64)
-        distinct = np.zeros(T, dtype=np.int64)
-        cdef int64_t[:, ::1] cntv = cnt
-        cdef int64_t[::1] dv = distinct
-        with nogil:
-            jc_count_marks(&bitv[0], B, N, T, &cntv[0, 0], &dv[0])
-        self.last_distinct += int(distinct.sum())
-        per_sample = cnt.sum(axis=0)
+                    &iv[0, 0], &ev[0, 0], N, T, &bitv[0], &cntv[0, 0], nthreads)
         indptr = np.zeros(B + 1, dtype=np.int64)
-        np.cumsum(per_sample, out=indptr[1:])
+        np.cumsum(cnt.sum(axis=0), out=indptr[1:])
         # cursor[t, b]: where thread t's share of sample b starts
         cursor = np.ascontiguousarray(indptr[:-1][None, :] + np.cumsum(cnt, axis=0) - cnt)
         cdef int64_t nnz = indptr[-1]
@@ -353,9 +350,12 @@ cdef class BucketTables:
         cdef int64_t[:, ::1] curv = cursor
         cdef int32_t[::1] inv = indices
         cdef float[::1] vv = values
+        distinct = np.zeros(T, dtype=np.int64)
+        cdef int64_t[::1] dv = distinct
         with nogil:
             jc_grouped_dots(&bitv[0], &xv[0, 0], B, d, &wv[0, 0], bp, N, T, &curv[0, 0],
-                            &inv[0], &vv[0])
+                            &inv[0], &vv[0], &dv[0])
+        self.last_distinct += int(distinct.sum())
         return indptr, indices[:nnz], values[:nnz]
 
 

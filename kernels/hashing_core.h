@@ -273,21 +273,32 @@ static void jc_pair_dots(const float *x, int64_t d, const float *W, const float 
 
 /* ---------------------------------------------------------------- batched (per neuron) */
 
-/* Marks, for every neuron, which samples of the batch selected it: bits[w*N + n] bit s%64 is
- * set when sample 64w+s hit neuron n in any table. Threads own whole words, so no two
- * threads write the same word. */
+/* Neuron range of thread t out of T (static split, the same in both passes). */
+static inline void jc_range(int64_t N, int t, int T, int64_t *n0, int64_t *n1) {
+    *n0 = N * t / T;
+    *n1 = N * (t + 1) / T;
+}
+
+/* Pass 1: marks, for every neuron, which samples of the batch selected it: bits[w*N + n]
+ * bit s%64 is set when sample 64w+s hit neuron n in any table. cnt[t*B + b] counts the
+ * distinct neurons of thread t's range (jc_range) that sample b selected, so pass 2 knows
+ * where each thread's share of each sample's output starts. Threads own whole words (64
+ * samples), so no two threads write the same word or count. */
 static void jc_mark(const uint32_t *qcodes, int64_t B, int L, int code_bits, int slot_bits,
                     const int32_t *offsets, const int32_t *ids, const uint32_t *ecodes,
-                    int64_t N, uint64_t *bits, int nthreads) {
+                    int64_t N, int T, uint64_t *bits, int64_t *cnt, int nthreads) {
     const int64_t S = (int64_t)1 << slot_bits;
     const int64_t nw = (B + 63) / 64;
-    memset(bits, 0, sizeof(uint64_t) * (size_t)(nw * N));
+    memset(cnt, 0, sizeof(int64_t) * (size_t)(T * B));
     #pragma omp parallel for schedule(static) num_threads(jc_threads(nthreads)) if (nw > 1)
     for (int64_t w = 0; w < nw; w++) {
         uint64_t *bw = bits + w * N;
+        memset(bw, 0, sizeof(uint64_t) * (size_t)N);
         int64_t b1 = (w + 1) * 64 < B ? (w + 1) * 64 : B;
         for (int64_t b = w * 64; b < b1; b++) {
             const uint64_t mask = (uint64_t)1 << (b & 63);
+            int64_t bound[65];        /* T <= 64 thread ranges: bound[t] = first neuron of t */
+            for (int t = 0; t <= T; t++) bound[t] = N * t / T;
             for (int l = 0; l < L; l++) {
                 uint32_t c = qcodes[b * L + l];
                 if (c == JC_EMPTY) continue;
@@ -295,43 +306,17 @@ static void jc_mark(const uint32_t *qcodes, int64_t B, int L, int code_bits, int
                 uint32_t s = jc_slot(c, code_bits, slot_bits);
                 const int32_t *tid = ids + (int64_t)l * N;
                 const uint32_t *tco = ecodes + (int64_t)l * N;
-                for (int32_t e = off[s]; e < off[s + 1]; e++)
-                    if (tco[e] == c) bw[tid[e]] |= mask;
-            }
-        }
-    }
-}
-
-/* Neuron range of thread t out of T (static split, the same in both passes). */
-static inline void jc_range(int64_t N, int t, int T, int64_t *n0, int64_t *n1) {
-    *n0 = N * t / T;
-    *n1 = N * (t + 1) / T;
-}
-
-/* Pass 1: cnt[t*B + b] = how many neurons of thread t's range sample b selected;
- * distinct[t] = how many neurons of that range any sample selected. */
-static void jc_count_marks(const uint64_t *bits, int64_t B, int64_t N, int T, int64_t *cnt,
-                           int64_t *distinct) {
-    const int64_t nw = (B + 63) / 64;
-    memset(cnt, 0, sizeof(int64_t) * (size_t)(T * B));
-    #pragma omp parallel for schedule(static, 1) num_threads(T)
-    for (int t = 0; t < T; t++) {
-        int64_t n0, n1, dist = 0;
-        jc_range(N, t, T, &n0, &n1);
-        int64_t *ct = cnt + (int64_t)t * B;
-        for (int64_t n = n0; n < n1; n++) {
-            int any = 0;
-            for (int64_t w = 0; w < nw; w++) {
-                uint64_t m = bits[w * N + n];
-                any |= m != 0;
-                while (m) {
-                    ct[w * 64 + __builtin_ctzll(m)]++;
-                    m &= m - 1;
+                for (int32_t e = off[s]; e < off[s + 1]; e++) {
+                    if (tco[e] != c) continue;
+                    const int32_t n = tid[e];
+                    if (bw[n] & mask) continue;
+                    bw[n] |= mask;
+                    int t = 0;
+                    while (n >= bound[t + 1]) t++;
+                    cnt[(int64_t)t * B + b]++;
                 }
             }
-            dist += any;
         }
-        distinct[t] = dist;
     }
 }
 
@@ -340,7 +325,8 @@ static void jc_count_marks(const uint64_t *bits, int64_t B, int64_t N, int T, in
  * part of sample b's output begins (from pass 1), so each sample's ids come out sorted. */
 static void jc_grouped_dots(const uint64_t *bits, const float *x, int64_t B, int64_t d,
                             const float *W, const float *bias, int64_t N, int T,
-                            int64_t *cursor, int32_t *indices, float *values) {
+                            int64_t *cursor, int32_t *indices, float *values,
+                            int64_t *distinct) {
     const int64_t nw = (B + 63) / 64;
     #pragma omp parallel for schedule(static, 1) num_threads(T)
     for (int t = 0; t < T; t++) {
@@ -348,6 +334,7 @@ static void jc_grouped_dots(const uint64_t *bits, const float *x, int64_t B, int
         jc_range(N, t, T, &n0, &n1);
         int64_t *cur = cursor + (int64_t)t * B;
         int64_t *sel = (int64_t *)malloc(sizeof(int64_t) * (size_t)(B + 4));
+        int64_t dist = 0;
         for (int64_t n = n0; n < n1; n++) {
             int64_t k = 0;
             for (int64_t w = 0; w < nw; w++) {
@@ -358,6 +345,7 @@ static void jc_grouped_dots(const uint64_t *bits, const float *x, int64_t B, int
                 }
             }
             if (k == 0) continue;
+            dist++;
             const float *wr = W + n * d;
             const float bn = bias ? bias[n] : 0.0f;
             int64_t i = 0;
@@ -378,6 +366,7 @@ static void jc_grouped_dots(const uint64_t *bits, const float *x, int64_t B, int
             }
         }
         free(sel);
+        distinct[t] = dist;
     }
 }
 

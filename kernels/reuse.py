@@ -2,7 +2,7 @@
 sub-vectors by LSH and compute one product per cluster.
 
     Y, stats = reuse_matmul(X, W, sub_len=16, n_hashes=8, seed=0)     # Y ~= X @ W
-    y, stats = reuse_conv2d(x, weight, bias, stride=1, pad=1, sub_len=9, n_hashes=6)
+    y, stats = reuse_conv2d(x, weight, bias, stride=1, pad=1, sub_len=16, n_hashes=6)
 
 Cost model (multiply-accumulates): N*K*H to hash + r_c*N*K*M for the centroid products,
 r_c = clusters / rows averaged over sub-vector positions. ReuseSchedule picks (sub_len,
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels._reuse import MAX_HASHES, reuse_matmul_kernel
+from kernels._reuse import MAX_HASHES, reuse_conv_kernel, reuse_matmul_kernel
 
 DEFAULT_BLOCK_ROWS = 4096
 
@@ -112,23 +112,60 @@ def im2col(x: np.ndarray, R: int, S: int, stride: int = 1, pad: int = 0) -> tupl
 
 
 def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
-                 stride: int = 1, pad: int = 0, sub_len: int = 9, n_hashes: int = 8,
-                 seed: int = 0, block_rows: int = DEFAULT_BLOCK_ROWS,
+                 stride: int = 1, pad: int = 0, sub_len: int = 16, n_hashes: int = 8,
+                 seed: int = 0, share: str = "pixel", block_rows: int = DEFAULT_BLOCK_ROWS,
                  compute_error: bool = True, num_threads: int = 0) -> tuple[np.ndarray, ReuseStats]:
-    """Conv2d (NCHW, groups=1) through im2col and reuse_matmul. weight [M, C, R, S] float32."""
+    """Conv2d (NCHW, groups=1) with deep reuse. weight [M, C, R, S] float32.
+
+    share="pixel": a sub-vector is a chunk of sub_len channels of one input pixel, i.e. the
+    im2col layout (r, s, c); such a chunk is the sub-vector of all R*S im2col rows that
+    read the pixel, so it is hashed and clustered once instead of R*S times (the products
+    per cluster are formed for every (r, s)). Rows are clustered within blocks of about
+    block_rows input pixels (whole images). Stats count clusters per input pixel.
+    share="im2col": reuse_matmul on the (c, r, s)-ordered im2col matrix, sub-vectors of
+    sub_len consecutive columns, clustered per im2col position.
+    """
+    if share not in ("pixel", "im2col"):
+        raise ValueError(f"share must be 'pixel' or 'im2col', got {share!r}")
     if not isinstance(weight, np.ndarray) or weight.ndim != 4:
         raise ValueError(f"weight must be [M, C, R, S], got {getattr(weight, 'shape', type(weight).__name__)}")
     if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"x must be NCHW with {weight.shape[1]} channels, got "
                          f"{getattr(x, 'shape', type(x).__name__)}")
     M, C, R, S = weight.shape
-    cols, P, Q = im2col(x, R, S, stride, pad)
-    Wm = np.ascontiguousarray(weight.reshape(M, C * R * S).T)
-    Y, stats = reuse_matmul(cols, Wm, sub_len, n_hashes, seed, block_rows=block_rows,
-                            compute_error=compute_error, num_threads=num_threads)
+    if bias is not None and (not isinstance(bias, np.ndarray) or bias.shape != (M,)):
+        raise ValueError(f"bias must have shape ({M},), got {getattr(bias, 'shape', None)}")
+    if not isinstance(n_hashes, (int, np.integer)) or not 1 <= n_hashes <= MAX_HASHES:
+        raise ValueError(f"n_hashes must be an integer in 1..{MAX_HASHES}, got {n_hashes!r}")
+    if share == "im2col":
+        cols, P, Q = im2col(x, R, S, stride, pad)
+        Wm = np.ascontiguousarray(weight.reshape(M, C * R * S).T)
+        Y, stats = reuse_matmul(cols, Wm, sub_len, n_hashes, seed, block_rows=block_rows,
+                                compute_error=compute_error, num_threads=num_threads)
+    else:
+        N, _, H, Wd = x.shape
+        proj = projections(C, int(n_hashes), seed)
+        block_imgs = max(1, block_rows // max(H * Wd, 1))
+        Y, P, Q, clusters, zeros = reuse_conv_kernel(x, weight, proj, int(sub_len), int(stride),
+                                                     int(pad), block_imgs, int(num_threads))
+        lens = np.diff(np.minimum(np.arange(0, C + sub_len, sub_len), C))[: clusters.shape[1]]
+        n_sub = max(N * H * Wd * len(lens), 1)
+        err = None
+        if compute_error:
+            cols, _, _ = im2col(x, R, S, stride, pad)
+            exact = cols @ weight.reshape(M, -1).T
+            denom = float(np.linalg.norm(exact))
+            err = float(np.linalg.norm(Y - exact)) / denom if denom > 0 else float(np.linalg.norm(Y))
+        stats = ReuseStats(
+            cluster_ratio=float((clusters + (zeros > 0)).sum() / n_sub),
+            macs_hash=int(N * H * Wd * C * n_hashes),
+            macs_product=int((clusters * lens[None, :]).sum() * R * S * M),
+            macs_dense=int(N * P * Q * C * R * S * M),
+            relative_error=err,
+            zero_fraction=float(zeros.sum() / n_sub),
+            sub_len=int(sub_len), n_hashes=int(n_hashes),
+        )
     if bias is not None:
-        if not isinstance(bias, np.ndarray) or bias.shape != (M,):
-            raise ValueError(f"bias must have shape ({M},), got {getattr(bias, 'shape', None)}")
         Y += bias.astype(np.float32)
     y = Y.reshape(x.shape[0], P, Q, M).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(y), stats

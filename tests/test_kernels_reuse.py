@@ -130,10 +130,61 @@ def test_conv_helper_matches_naive_conv(stride, pad):
     # 64 sign bits on 9-long random sub-vectors (one channel's 3x3 patch): every nonzero
     # one is its own cluster. (Sign hashes see direction only: shorter sub-vectors that are
     # positive multiples of each other, as padding makes them, would share a cluster.)
-    y, st = reuse_conv2d(x, w, b, stride=stride, pad=pad, sub_len=9, n_hashes=64)
+    y, st = reuse_conv2d(x, w, b, stride=stride, pad=pad, sub_len=9, n_hashes=64, share="im2col")
     np.testing.assert_allclose(y, ref, rtol=1e-3, atol=1e-3)
-    y2, st2 = reuse_conv2d(x, w, b, stride=stride, pad=pad, sub_len=27, n_hashes=2)
+    y2, st2 = reuse_conv2d(x, w, b, stride=stride, pad=pad, sub_len=27, n_hashes=2, share="im2col")
     assert st2.cluster_ratio < st.cluster_ratio and st2.relative_error > st.relative_error
+
+
+def ref_pixel_reuse(x, w, proj, sub_len, block_imgs, stride, pad):
+    """Reuse shared across kernel offsets = an exact conv of x with every pixel's channel
+    chunk replaced by the mean of its cluster (clusters per block of images and chunk)."""
+    N, C, H, Wd = x.shape
+    xh = x.astype(np.float64).transpose(0, 2, 3, 1).copy()          # NHWC
+    for i0 in range(0, N, block_imgs):
+        for c0 in range(0, C, sub_len):
+            c = slice(c0, min(c0 + sub_len, C))
+            px = xh[i0:i0 + block_imgs, :, :, c].reshape(-1, c.stop - c.start)
+            nz = px.any(axis=1)
+            keys = (px @ proj[c].astype(np.float64) > 0)
+            groups: dict[bytes, list[int]] = {}
+            for i in np.flatnonzero(nz):
+                groups.setdefault(keys[i].tobytes(), []).append(i)
+            for rows in groups.values():
+                px[rows] = px[rows].mean(axis=0)
+            xh[i0:i0 + block_imgs, :, :, c] = px.reshape(xh[i0:i0 + block_imgs, :, :, c].shape)
+    return _naive_conv(xh.transpose(0, 3, 1, 2), w.astype(np.float64), np.zeros(len(w)), stride, pad)
+
+
+@pytest.mark.parametrize("C,sub_len,H,stride,pad,block_rows", [
+    (6, 4, 5, 1, 1, 100), (16, 16, 8, 2, 0, 4096), (3, 1, 2, 1, 2, 30)])
+def test_pixel_shared_conv_matches_reference(C, sub_len, H, stride, pad, block_rows):
+    rng = np.random.default_rng(C + H)
+    x = rng.integers(0, 3, (5, C, 6, 5)).astype(np.float32)       # repeats and zero chunks
+    w = rng.standard_normal((7, C, 3, 3)).astype(np.float32)
+    y, st = reuse_conv2d(x, w, None, stride=stride, pad=pad, sub_len=sub_len, n_hashes=H,
+                         seed=4, block_rows=block_rows)
+    block_imgs = max(1, block_rows // 30)
+    ref = ref_pixel_reuse(x, w, projections(C, H, 4), sub_len, block_imgs, stride, pad)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+    n_chunks = -(-C // sub_len)
+    assert st.macs_hash == 5 * 30 * C * H
+    assert st.macs_dense == y.shape[0] * y.shape[2] * y.shape[3] * C * 9 * 7
+    assert 0 < st.cluster_ratio <= 1 and 0 <= st.zero_fraction <= 1
+    assert st.macs_product <= 5 * 30 * n_chunks * sub_len * 9 * 7
+
+
+def test_pixel_shared_conv_is_exact_with_fine_hashes():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 8, 7, 7)).astype(np.float32)         # no two pixels alike
+    w = rng.standard_normal((5, 8, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    y, st = reuse_conv2d(x, w, b, stride=1, pad=1, sub_len=8, n_hashes=64)
+    np.testing.assert_allclose(y, _naive_conv(x, w, b, 1, 1), rtol=1e-3, atol=1e-3)
+    assert st.cluster_ratio == 1.0 and st.relative_error < 1e-5
+    # shared hashing costs R*S times less than hashing every im2col row
+    st_im = reuse_conv2d(x, w, b, stride=1, pad=1, sub_len=8, n_hashes=64, share="im2col")[1]
+    assert st_im.macs_hash == 9 * st.macs_hash
 
 
 def test_bad_input_raises():
@@ -156,9 +207,8 @@ def test_bad_input_raises():
     with pytest.raises(TypeError, match="integers"):
         reuse_matmul(X, W, 2.5, 2)
     bad = X.copy()
-    bad[1, 1] = np.inf
-    with pytest.raises(ValueError, match="finite"):
-        reuse_matmul(bad, W, 2, 2)
+    bad[1, 1] = np.nan                        # no error: NaN propagates as in X @ W
+    assert np.isnan(reuse_matmul(bad, W, 2, 2, compute_error=False)[0][1]).all()
     with pytest.raises(ValueError, match="2-D"):
         reuse_matmul(X[0], W, 2, 2)
     x = np.ones((1, 2, 4, 4), np.float32)
@@ -168,6 +218,16 @@ def test_bad_input_raises():
         reuse_conv2d(x, np.ones((4, 2, 3, 3), np.float32), np.ones(3, np.float32), sub_len=3)
     with pytest.raises(ValueError, match="does not fit"):
         im2col(x, 5, 5)
+    with pytest.raises(ValueError, match="does not fit"):
+        reuse_conv2d(x, np.ones((4, 2, 5, 5), np.float32), sub_len=2)
+    with pytest.raises(ValueError, match="sub_len"):
+        reuse_conv2d(x, np.ones((4, 2, 3, 3), np.float32), sub_len=3)
+    with pytest.raises(ValueError, match="share"):
+        reuse_conv2d(x, np.ones((4, 2, 3, 3), np.float32), sub_len=2, share="tiles")
+    with pytest.raises(TypeError, match="float32"):
+        reuse_conv2d(x.astype(np.float64), np.ones((4, 2, 3, 3), np.float32), sub_len=2)
+    with pytest.raises(ValueError, match="n_hashes"):
+        reuse_conv2d(x, np.ones((4, 2, 3, 3), np.float32), sub_len=2, n_hashes=0)
     with pytest.raises(ValueError, match="stride"):
         im2col(x, 3, 3, stride=0)
 

@@ -1,0 +1,170 @@
+"""SLIDE hashed layer 128 -> 100,000 vs torch's dense CPU matmul, side by side in one process.
+
+    python benchmarks/bench_slide.py [--threads 2] [--repeats 15] [--write]
+
+Weights and inputs are synthetic but structured (not trained): 2,000 cluster centres in
+128-d; each neuron's weight row is a centre plus noise (unit-normalised), each input is a
+centre plus noise. The true top-10 of an input are then neurons of its own cluster, which
+is what a trained layer looks like to LSH; pure-noise weights are reported as a second
+case so the recall on structureless weights is visible too.
+
+K and L come from choose_k_l on 64 calibration inputs for a 5% active fraction. Timings:
+median of --repeats, the dense and hashed calls interleaved in blocks (a short sleep between
+blocks so one OpenMP runtime's spinning threads do not slow the other's first call).
+Dense = torch.nn.functional.linear(x, W, b) (float32, same thread count). Hashed = hashing
++ bucket lookup + active products, output in sparse (CSR) form; "dense out" also scatters
+it into a zero-filled [B, 100000] array.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from kernels.slide import HashedLinear, choose_k_l
+
+N_OUT, N_IN, N_CENTRES = 100_000, 128, 2_000
+SECTION = "## Hashed and reuse kernels"
+
+
+def update_section(path: str, key: str, text: str) -> None:
+    """Replace the "### key" block inside SECTION of RESULTS.md (create what is missing);
+    other sections of the file are left as they are. Written atomically."""
+    body = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    if SECTION not in body:
+        body = body.rstrip("\n") + f"\n\n{SECTION}\n"
+    start = body.index(SECTION) + len(SECTION)
+    nxt = body.find("\n## ", start)
+    end = len(body) if nxt < 0 else nxt + 1
+    sec = body[start:end]
+    blocks = sec.split("\n### ")
+    head, subs = blocks[0], {b.split(":", 1)[0].split("\n", 1)[0].strip(): b for b in blocks[1:]}
+    subs[key] = text.strip("\n").removeprefix("### ") + "\n"
+    new_sec = head.rstrip("\n") + "\n" + "".join("\n### " + subs[k] for k in sorted(subs))
+    body = body[:start] + new_sec + ("\n" + body[end:] if end < len(body) else "")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(body)
+    os.replace(tmp, path)
+
+
+def make_layer(rng, structured: bool):
+    if structured:
+        centres = rng.standard_normal((N_CENTRES, N_IN)).astype(np.float32)
+        W = centres[rng.integers(0, N_CENTRES, N_OUT)] + 0.7 * rng.standard_normal((N_OUT, N_IN))
+        W = (W / np.linalg.norm(W, axis=1, keepdims=True)).astype(np.float32)
+
+        def inputs(n):
+            return (centres[rng.integers(0, N_CENTRES, n)]
+                    + 0.7 * rng.standard_normal((n, N_IN))).astype(np.float32)
+    else:
+        W = (rng.standard_normal((N_OUT, N_IN)) / np.sqrt(N_IN)).astype(np.float32)
+
+        def inputs(n):
+            return rng.standard_normal((n, N_IN)).astype(np.float32)
+    b = (0.01 * rng.standard_normal(N_OUT)).astype(np.float32)
+    return W, b, inputs
+
+
+def timed(fn, repeats: int, block: int = 3) -> list[float]:
+    out = []
+    for _ in range(block):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median seconds per function; each round runs every function `block` times in turn."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    rounds = max(1, repeats // 3)
+    for r in range(rounds):
+        order = list(fns) if r % 2 == 0 else list(fns)[::-1]
+        for k in order:
+            time.sleep(0.02)
+            times[k] += timed(fns[k], repeats)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def run(threads: int, repeats: int) -> tuple[str, dict]:
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    lines, figures = [], {}
+    for structured in (True, False):
+        W, b, inputs = make_layer(rng, structured)
+        calib = inputs(64)
+        t0 = time.perf_counter()
+        K, L, info = choose_k_l(W, calib, 0.05, K_range=(7, 12), L_max=64, bias=b)
+        t_choose = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        layer = HashedLinear(W, b, K=K, L=L, seed=0, num_threads=threads)
+        t_build = time.perf_counter() - t0
+        Wt, bt = torch.from_numpy(W), torch.from_numpy(b)
+        name = "structured" if structured else "pure noise"
+        lines.append(f"\n**{name} weights**: K={K}, L={L} (choose_k_l {t_choose:.1f} s, "
+                     f"table build {t_build:.2f} s)\n")
+        lines.append("| batch | dense ms | per-sample ms (x) | batched ms (x) | batched, dense out ms (x) "
+                     "| active | recall@10 | MACs / dense | weight MB gathered (per-sample / batched) |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for B in (1, 128):
+            x = inputs(B)
+            xt = torch.from_numpy(x)
+            fns = {
+                "dense": lambda: torch.nn.functional.linear(xt, Wt, bt),
+                "per_sample": lambda: layer.forward_sparse(x, "per_sample"),
+                "batched": lambda: layer.forward_sparse(x, "batched"),
+                "batched_dense_out": lambda: layer.forward(x, "batched"),
+            }
+            with torch.inference_mode():
+                med = interleaved(fns, repeats)
+            layer.forward_sparse(x, "per_sample")
+            mb_per = layer.bytes_gathered / 1e6
+            layer.forward_sparse(x, "batched")
+            mb_bat = layer.bytes_gathered / 1e6
+            af = layer.active_fraction
+            macs = layer.macs_executed / (B * N_OUT * N_IN)
+            rec = layer.recall_at_k(inputs(256) if B == 1 else x, 10)
+            sp = {k: med["dense"] / med[k] for k in med}
+            figures[(name, B)] = sp
+            lines.append(
+                f"| {B} | {med['dense'] * 1e3:.2f} | {med['per_sample'] * 1e3:.3f} ({sp['per_sample']:.1f}x) "
+                f"| {med['batched'] * 1e3:.3f} ({sp['batched']:.1f}x) "
+                f"| {med['batched_dense_out'] * 1e3:.2f} ({sp['batched_dense_out']:.1f}x) "
+                f"| {af:.3f} | {rec:.2f} | {macs:.3f} | {mb_per:.1f} / {mb_bat:.1f} |")
+    return "\n".join(lines), figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    load0 = os.getloadavg()
+    table, _ = run(args.threads, args.repeats)
+    load1 = os.getloadavg()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+               platform.processor())
+    text = (f"### bench_slide: hashed layer {N_IN} -> {N_OUT:,}, target 5% active\n\n"
+            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {cpu}, "
+            f"{os.cpu_count()} cores; torch {torch.__version__}, {args.threads} threads for both\n"
+            f"- command: `python benchmarks/bench_slide.py --threads {args.threads} --repeats {args.repeats}`\n"
+            f"- load average before / after: {load0[0]:.2f} / {load1[0]:.2f}\n"
+            f"- (x) = dense time / hashed time, medians; targets: batch 1 >= 8x, batch 128 >= 2.5x (batched)\n"
+            + table + "\n")
+    print(text)
+    if args.write:
+        update_section(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"),
+                       "bench_slide", text)
+
+
+if __name__ == "__main__":
+    main()
