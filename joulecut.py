@@ -139,6 +139,14 @@ def cmd_hw(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pruning.validate import validate
+
+    report = validate(args.model, args.hw, data=args.data, repeats=args.repeats, threads=args.threads, seed=args.seed)
+    print(report.table())
+    return EXIT_OK
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hw", required=True, help="built-in spec name (see `joulecut hw list`) or a YAML file")
     p.add_argument("--batch", type=int, default=None, help="batch size for a symbolic batch dimension")
@@ -172,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_b")
     _add_model_options(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("validate", help="run a (pruned) model on the kernels: measured vs estimated")
+    p.add_argument("model", help="ONNX file")
+    p.add_argument("--hw", required=True, help="built-in spec name or a YAML file")
+    p.add_argument("--data", help=".npz with inputs (key x); default: seeded random inputs")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per mode (median)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("hw", help="built-in and user hardware specs")
     hw = p.add_subparsers(dest="hw_command", required=True)

@@ -76,6 +76,10 @@ def test_eyeriss_values_by_hand():
     assert (inputs.action, inputs.format, inputs.index_bits) == (SparsityAction.GATE, SparseFormat.RLE, 5)
     # RLE inputs at density 0.5 move 0.5 * (16 + 5) = 10.5 bits per dense value
     assert inputs.stored_bits_per_value(16, 0.5) == 10.5
+    weights = spec.operand_sparsity(Operand.WEIGHTS)
+    assert (weights.action, weights.format) == (SparsityAction.SKIP, SparseFormat.BITMASK)
+    # a bitmask at density 0.25 moves 0.25 * 16 + 1 = 5 bits per dense weight
+    assert weights.stored_bits_per_value(16, 0.25) == 5.0
 
 
 def test_eyeriss_65nm_accelergy_values():

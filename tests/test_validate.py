@@ -1,0 +1,56 @@
+"""joulecut validate: kernels vs onnxruntime vs the estimate, on a magnitude-pruned model."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from pruning.validate import spearman, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory) -> Path:
+    model = onnx.load(ROOT / "examples" / "models" / "tiny_resnet.onnx")
+    for t in model.graph.initializer:
+        w = numpy_helper.to_array(t).copy()
+        if w.ndim >= 2:
+            w[np.abs(w) < np.quantile(np.abs(w), 0.9)] = 0
+            t.CopyFrom(numpy_helper.from_array(w, t.name))
+    path = tmp_path_factory.mktemp("m") / "pruned.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_executed_macs_equal_the_estimate_for_csr(pruned):
+    report = validate(pruned, "eyeriss", repeats=2)
+    assert report.max_rel_error <= 1e-4
+    assert len(report.layers) == 7  # 6 convs + fc
+    for layer in report.layers:
+        assert layer.format == "csr"
+        assert layer.executed_macs == layer.estimated_macs
+        # eyeriss skips zero weights: the pruned layer costs less than its dense self
+        assert layer.estimated_energy_pj < layer.dense_energy_pj
+    assert "rank correlation" in report.table()
+
+
+def test_cli_validate(pruned):
+    proc = subprocess.run([sys.executable, "-m", "joulecut", "validate", str(pruned), "--hw", "eyeriss", "--repeats", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "outputs vs onnxruntime" in proc.stdout and "block1/conv1" in proc.stdout
+
+
+def test_spearman_by_hand():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ranks [0,1,2] vs [0,2,1]: d^2 = 0+1+1 = 2, rho = 1 - 6*2/(3*(9-1)) = 0.5
+    assert spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+    assert spearman([1, 2], [1, 2]) is None
