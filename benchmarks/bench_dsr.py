@@ -18,7 +18,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,8 +29,10 @@ from torch import nn
 
 from pruning.dsr import first_and_last_layers, train_sparse
 
-SECTION = "## Sparse training (DSR)"
-RESULTS = Path(__file__).with_name("RESULTS.md")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import update_section  # noqa: E402  (benchmarks/results.py, shared writer)
+
+TITLE = "Sparse training (DSR)"
 
 
 def perturb(images: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:
@@ -44,7 +45,7 @@ def perturb(images: np.ndarray, rng: np.random.Generator, noise: float) -> np.nd
     return out + rng.normal(0.0, noise, size=out.shape).astype(np.float32)
 
 
-def make_data(seed: int, copies: int, noise: float):
+def make_data(seed: int, copies: int, noise: float, test_copies: int):
     digits = load_digits()
     x_tr, x_te, y_tr, y_te = train_test_split(
         digits.images, digits.target, test_size=0.3, random_state=seed, stratify=digits.target
@@ -52,7 +53,9 @@ def make_data(seed: int, copies: int, noise: float):
     rng = np.random.default_rng(seed)
     xs = np.concatenate([perturb(x_tr, rng, noise) for _ in range(copies)])
     ys = np.concatenate([y_tr] * copies)
-    return (xs.reshape(len(xs), -1), ys), (perturb(x_te, rng, noise).reshape(len(x_te), -1), y_te)
+    xt = np.concatenate([perturb(x_te, rng, noise) for _ in range(test_copies)])
+    yt = np.concatenate([y_te] * test_copies)
+    return (xs.reshape(len(xs), -1), ys), (xt.reshape(len(xt), -1), yt)
 
 
 def make_mlp(seed: int, width: int) -> nn.Module:
@@ -88,7 +91,7 @@ def run_config(args, noise: float, lr: float) -> list[dict]:
     rows = {init: {"noise": noise, "lr": lr, "init": init, "acc": {"dense": [], "static": [], "dsr": []},
                    "dsr": []} for init in args.inits}
     for seed in args.seeds:
-        train, test = make_data(seed, args.copies, noise)
+        train, test = make_data(seed, args.copies, noise, args.test_copies)
         model, _ = _train(args, train, seed, lr, "dense", False)
         dense_acc = accuracy(model, *test)
         print(f"noise {noise} lr {lr} seed {seed} dense         test acc {dense_acc:.4f}", flush=True)
@@ -116,8 +119,6 @@ def section(args, results: list[dict], wall_s: float, command: str) -> str:
     n_weights = sum(m.weight.numel() for m in model if isinstance(m, nn.Linear))
     pct = f"{args.sparsity:.0%}"
     lines = [
-        SECTION,
-        "",
         f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: "
         f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads); load average (1/5/15 min) "
@@ -126,7 +127,8 @@ def section(args, results: list[dict], wall_s: float, command: str) -> str:
         f"- command: `{command}`",
         f"- task: sklearn digits, 70/30 stratified split per seed, padded to 10x10, random ±1 px shift "
         f"per axis, Gaussian pixel noise σ (pixels in 0..1); {results[0]['n_train']} training samples "
-        f"({args.copies} perturbed copies of each), {results[0]['n_test']} test samples",
+        f"({args.copies} perturbed copies of each), {results[0]['n_test']} test samples "
+        f"({args.test_copies} perturbed copies of each held-out image)",
         f"- model: MLP 100-{args.width}-{args.width}-10 ({n_weights} weights); sparsity {pct} over "
         f"{'the hidden layer only (first and last dense)' if args.dense_first_last else 'all three layers'}; "
         f"biases dense",
@@ -152,9 +154,17 @@ def section(args, results: list[dict], wall_s: float, command: str) -> str:
             f"{_mean_std(acc['dsr'])} | {100 * statistics.mean(diffs):+.2f} "
             f"({', '.join(f'{100 * d:+.2f}' for d in diffs)}) | {sum(d > 0 for d in diffs)}/{len(diffs)} |"
         )
+    pooled = [d - st for r in results for d, st in zip(r["acc"]["dsr"], r["acc"]["static"])]
+    lines += [
+        "",
+        f"Pooled over all {len(pooled)} (setting, seed) pairs: DSR − static "
+        f"{100 * statistics.mean(pooled):+.2f} ± {100 * statistics.stdev(pooled):.2f} points, "
+        f"DSR ahead in {sum(d > 0 for d in pooled)}, tied in {sum(d == 0 for d in pooled)}, "
+        f"behind in {sum(d < 0 for d in pooled)}.",
+    ]
     hist = results[0]["dsr"][0]
     cycles = hist.cycles
-    lines += [
+    lines += [] if not cycles else [
         "",
         f"DSR reallocation (noise {results[0]['noise']}, lr {results[0]['lr']}, init {results[0]['init']}, "
         f"seed {args.seeds[0]}): "
@@ -168,32 +178,18 @@ def section(args, results: list[dict], wall_s: float, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace (or append) only the DSR section of RESULTS.md, atomically."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[nxt + 1 :] if nxt >= 0 else "")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--sparsity", type=float, default=0.8)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lrs", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    p.add_argument("--lrs", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4])
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--copies", type=int, default=3)
-    p.add_argument("--noises", type=float, nargs="+", default=[0.2, 0.3])
+    p.add_argument("--test-copies", type=int, default=5)
+    p.add_argument("--noises", type=float, nargs="+", default=[0.2])
     p.add_argument("--reallocate-every", type=int, default=100)
     p.add_argument("--prune-fraction", type=float, default=0.1)
     p.add_argument("--threshold", type=float, default=1e-3)
@@ -204,15 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.seeds) < 2:
         p.error("--seeds needs at least 2 seeds for a standard deviation")
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)  # small MLP: one thread, and leave the other core to co-workers
     t0 = time.perf_counter()
     results = [row for noise in args.noises for lr in args.lrs for row in run_config(args, noise, lr)]
     wall = time.perf_counter() - t0
     command = "python benchmarks/bench_dsr.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = section(args, results, wall, command.strip())
-    print(text)
+    print(f"## {TITLE}\n\n{text}")
     if args.write:
-        write_section(text)
+        update_section(TITLE, text)
     return 0
 
 

@@ -76,8 +76,8 @@ def proportional_allocation(total: int, weights: Sequence[int], caps: Sequence[i
 
     Largest-remainder rounding (ties: lower index first), exact integer arithmetic. An entry
     whose exact share exceeds its cap gets the cap, and the rest is split again over the
-    others (repeated until no share exceeds its cap). If every
-    uncapped weight is zero the remainder is split in proportion to the free capacity.
+    others (repeated until no share exceeds its cap). If every uncapped weight is zero, the
+    remainder is split in proportion to the caps (the free capacity).
     Requires ``sum(caps) >= total``.
     """
     if len(weights) != len(caps):
