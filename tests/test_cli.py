@@ -117,3 +117,22 @@ def test_output_never_overwrites_the_input(tmp_path):
     assert proc.returncode == 2 and "refusing to overwrite" in proc.stderr
     assert model.read_bytes() == before
     onnx.checker.check_model(str(model))
+
+
+def test_estimate_with_data_measures_activation_density(tmp_path):
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    plain = run("estimate", str(TINY), "--hw", "eyeriss", "--format", "json", "-q")
+    measured = run("estimate", str(TINY), "--hw", "eyeriss", "--format", "json", "-q", "--data", str(tmp_path / "d.npz"))
+    assert plain.returncode == 0 and measured.returncode == 0, measured.stderr
+    a, b = json.loads(plain.stdout), json.loads(measured.stdout)
+    dens = {l["name"]: l["input_density"] for l in b["layers"] if l["macs"]}
+    assert dens["stem/conv"] == 1.0  # gaussian inputs have no zeros
+    assert 0.2 < dens["block1/conv2"] < 0.8  # after a ReLU about half are zero
+    # eyeriss gates zero inputs: measured sparsity lowers the estimate
+    assert b["total_energy_pj"] < a["total_energy_pj"]
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((4, 3, 31, 32), np.float32))
+    assert_user_error(run("estimate", str(TINY), "--hw", "eyeriss", "--data", str(bad)), "31")
