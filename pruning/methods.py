@@ -135,7 +135,7 @@ def magnitude(ctx: Context, state: PruneState, target_pj: float, mode: str = "gl
 
 # --- energy-aware (Yang 2017) -------------------------------------------------------------------
 def energy_aware(ctx: Context, state: PruneState, target_pj: float | None, step: float = 0.2,
-                 max_passes: int = 3) -> PruneState:
+                 max_passes: int = 4) -> PruneState:
     units = ctx.units
     floor = ctx.evaluate(state.module) - ctx.allowed_drop
 
@@ -173,6 +173,7 @@ def energy_aware(ctx: Context, state: PruneState, target_pj: float | None, step:
     if target_pj is not None and not met():
         while not met():
             best = None
+            now, acc_now = ctx.energy(state), ctx.evaluate(state.module)
             for unit in units.units():
                 level = next_level(unit)
                 if level is None:
@@ -180,12 +181,16 @@ def energy_aware(ctx: Context, state: PruneState, target_pj: float | None, step:
                 candidate = state.copy()
                 units.apply(candidate, unit, level, restore=ctx.restore)
                 acc = ctx.evaluate(candidate.module)
-                if best is None or acc > best[0]:
-                    best = (acc, unit, level, candidate)
+                saved = now - ctx.energy(candidate)
+                loss_per_pj = (acc_now - acc) / saved if saved > 0 else math.inf
+                if best is None or loss_per_pj < best[4]:
+                    best = (acc, unit, level, candidate, loss_per_pj)
             if best is None:
                 break  # every unit at its minimum: the pre-check makes this unreachable
             state = best[3]
-            ctx.log(state, "relaxed prune", best[1], best[2], best[0], note="accuracy limit relaxed to meet the budget")
+            ctx.tune(state, ctx.short_epochs)
+            ctx.log(state, "relaxed prune", best[1], best[2], ctx.evaluate(state.module),
+                    note=f"accuracy limit relaxed to meet the budget ({best[0]:.4f} before a short fine-tune)")
         ctx.tune(state, ctx.finetune_epochs)
         ctx.log(state, "final fine-tune", accuracy=ctx.evaluate(state.module))
     return state

@@ -1,0 +1,249 @@
+"""Pruning benchmark: the digits CNN on a built-in accelerator spec.
+
+    python benchmarks/bench_pruning.py [--seeds 0 1 2] [--hw eyeriss] [--write] [--quick]
+
+For every seed and data variant (clean digits; the harder noisy, shifted digits of
+examples/digits) it trains the dense CNN, then prunes it at each budget with each method at
+channel granularity, exports the result to ONNX and measures test accuracy in onnxruntime.
+``magnitude`` gets the same number of fine-tuning samples as ``budget`` at the same budget.
+It then measures onnxruntime latency (median of repeated runs, one thread) of the dense and
+the channel-pruned exports, and with ``--write`` replaces the "## Pruning" section of
+benchmarks/RESULTS.md (figures, machine, date, command).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples" / "digits"))
+import digits  # noqa: E402
+
+from pruning.api import prune  # noqa: E402
+from pruning.export import export_onnx  # noqa: E402
+
+METHODS = ("budget", "energy-aware", "magnitude")
+BUDGETS = (0.60, 0.45, 0.35, 0.25, 0.18, 0.12, 0.10)
+
+
+def _latency_ms(path: Path, x: np.ndarray, repeats: int) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for _ in range(10):
+        session.run(None, {name: x})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {name: x})
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def run_seed(seed: int, variant: str, hw: str, budgets, work: Path, finetune_epochs: float, log) -> dict:
+    (x, y), (xt, yt) = digits.make_dataset(variant, seed=seed)
+    model = digits.train_cnn(x, y, epochs=20, seed=seed)
+    dense_path = export_onnx(model, torch.from_numpy(x[:1]), work / f"dense_{variant}_{seed}.onnx")
+    dense_acc = digits.onnx_accuracy(dense_path, xt, yt)
+    rows = []
+    for budget in budgets:
+        samples_budget = None
+        for method in METHODS:
+            epochs = finetune_epochs
+            if method == "magnitude" and samples_budget is not None:
+                epochs = samples_budget / (0.8 * len(x))  # prune() trains on the 80 % split
+            result = prune(dense_path, hw, budget=budget, method=method, granularity="channel", train=(x, y),
+                           seed=seed, finetune_epochs=epochs)
+            if method == "budget":
+                samples_budget = result.samples_trained
+            out = result.save(work / f"{variant}_{seed}_{method}_{int(round(budget * 100))}.onnx", source=dense_path)
+            row = {"seed": seed, "variant": variant, "budget": budget, "method": method,
+                   "energy_ratio": result.energy_ratio, "test_accuracy": digits.onnx_accuracy(out, xt, yt),
+                   "dense_test_accuracy": dense_acc, "samples_trained": result.samples_trained,
+                   "wall_s": result.wall_time_s, "channels": [(p.kept, p.total) for p in result.plan], "path": str(out)}
+            rows.append(row)
+            log(f"{variant} seed {seed} {method:12s} budget {budget:.0%}: energy {row['energy_ratio']:.3f} "
+                f"test acc {row['test_accuracy']:.4f} (dense {dense_acc:.4f}) {row['wall_s']:.1f}s")
+    return {"dense_path": str(dense_path), "dense_test_accuracy": dense_acc, "rows": rows, "x_test": xt}
+
+
+def min_energy_at(points: list[tuple[float, float]], level: float) -> float | None:
+    """Smallest energy ratio reaching mean accuracy >= level, interpolating linearly between
+    neighbouring budgets (points: (energy ratio, accuracy), any order)."""
+    pts = sorted(points)
+    best = None
+    for (e0, a0), (e1, a1) in zip(pts, pts[1:]):
+        if a0 >= level:
+            best = e0 if best is None else min(best, e0)
+        elif a1 >= level:  # crosses between e0 (too low) and e1
+            best = min(best, e0 + (e1 - e0) * (level - a0) / (a1 - a0)) if best is not None else e0 + (e1 - e0) * (level - a0) / (a1 - a0)
+    if pts and pts[-1][1] >= level:
+        best = pts[-1][0] if best is None else min(best, pts[-1][0])
+    return best
+
+
+def summarise(rows: list[dict]) -> dict:
+    table: dict = {}
+    for r in rows:
+        table.setdefault((r["variant"], r["method"], r["budget"]), []).append(r)
+    means = {k: {"energy": statistics.mean(r["energy_ratio"] for r in v),
+                 "acc": statistics.mean(r["test_accuracy"] for r in v),
+                 "acc_min": min(r["test_accuracy"] for r in v),
+                 "acc_sd": statistics.pstdev([r["test_accuracy"] for r in v]),
+                 "n": len(v), "samples": statistics.mean(r["samples_trained"] for r in v),
+                 "wall": statistics.mean(r["wall_s"] for r in v)} for k, v in table.items()}
+    return means
+
+
+def equal_accuracy(means: dict, variant: str, dense: float) -> list[dict]:
+    out = []
+    for drop in (0.005, 0.01, 0.02, 0.03):
+        level = dense - drop
+        energies = {}
+        for method in METHODS:
+            pts = [(v["energy"], v["acc"]) for (var, m, _), v in means.items() if var == variant and m == method]
+            energies[method] = min_energy_at(pts, level)
+        row = {"level": level, "drop": drop, **{f"E_{m}": e for m, e in energies.items()}}
+        mag = energies["magnitude"]
+        for m in ("budget", "energy-aware"):
+            e = energies[m]
+            row[f"saving_ratio_{m}"] = (1 - e) / (1 - mag) if e is not None and mag is not None and mag < 1 else None
+            row[f"energy_ratio_{m}"] = mag / e if e is not None and mag is not None else None
+        out.append(row)
+    return out
+
+
+def speed(results: dict, repeats: int, log) -> list[dict]:
+    """onnxruntime latency of dense vs channel-pruned exports (clean variant, first seed),
+    also re-pruned with channel counts rounded to a multiple of 8."""
+    first = results["clean"][0]
+    dense = Path(first["dense_path"])
+    xt = first["x_test"]
+    rows = []
+    candidates = [("dense", dense)]
+    for r in first["rows"]:
+        if r["method"] == "budget" and r["budget"] in (0.25, 0.10):
+            candidates.append((f"budget {r['budget']:.0%} (channels {r['channels']})", Path(r["path"])))
+    (x, y), _ = digits.make_dataset("clean", seed=0)
+    for budget in (0.25,):
+        res = prune(dense, "eyeriss", budget=budget, method="budget", granularity="channel", train=(x, y), seed=0,
+                    channel_multiple=8)
+        path = res.save(dense.parent / f"mult8_{int(budget * 100)}.onnx", source=dense)
+        candidates.append((f"budget {budget:.0%}, multiple of 8 (channels {[(p.kept, p.total) for p in res.plan]}, energy {res.energy_ratio:.3f})", path))
+    for batch in (1, 256):
+        xb = np.ascontiguousarray(np.resize(xt, (batch,) + xt.shape[1:]).astype(np.float32))
+        base = None
+        for name, path in candidates:
+            ms = _latency_ms(path, xb, repeats if batch == 1 else max(20, repeats // 20))
+            base = ms if base is None else base
+            rows.append({"batch": batch, "model": name, "ms": ms, "speedup": base / ms, "bytes": path.stat().st_size})
+            log(f"batch {batch} {name}: {ms:.4f} ms ({base / ms:.2f}x)")
+    return rows
+
+
+def markdown(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict, args, wall: float) -> str:
+    lines = ["## Pruning", "",
+             f"Command: `python benchmarks/bench_pruning.py --seeds {' '.join(map(str, args.seeds))} --hw {args.hw}"
+             f"{' --quick' if args.quick else ''} --write`  ",
+             f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {platform.machine()}, "
+             f"{os.cpu_count()} cores (shared), torch {torch.__version__}, 1 torch thread, onnxruntime 1 thread; total {wall / 60:.1f} min.",
+             "",
+             f"Model: examples/digits DigitsCNN (conv 1-16-32, pool, conv 32, fc 512-10), trained 20 epochs per seed. "
+             f"Spec `{args.hw}`; channel granularity; energies are the estimator's, as a fraction of the dense estimate "
+             f"(batch 1). Test accuracy of the exported ONNX in onnxruntime, mean (min) over seeds {args.seeds}. "
+             "`clean`: sklearn digits / 16; `hard`: 3 copies of each training image with N(0, 0.15) noise and "
+             "random +-1 pixel shifts (test images likewise), split by source image. `magnitude` gets the same "
+             "number of fine-tuning samples as `budget` at the same budget; `energy-aware` uses its own passes "
+             "(samples column).", ""]
+    for variant in ("clean", "hard"):
+        if not any(k[0] == variant for k in means):
+            continue
+        lines += [f"### {variant} digits (dense test accuracy {dense[variant]:.4f})", "",
+                  "| budget | method | energy (of dense) | test acc mean | min | sd | fine-tune samples | wall s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for (var, method, budget), v in sorted(means.items(), key=lambda kv: (-kv[0][2], METHODS.index(kv[0][1]))):
+            if var == variant:
+                lines.append(f"| {budget:.0%} | {method} | {v['energy']:.3f} | {v['acc']:.4f} | {v['acc_min']:.4f} | "
+                             f"{v['acc_sd']:.4f} | {v['samples']:.0f} | {v['wall']:.1f} |")
+        lines += ["", "Equal accuracy (interpolated over budgets): smallest energy that reaches the accuracy; "
+                  "saving ratio = (1 - E_method) / (1 - E_magnitude); energy ratio = E_magnitude / E_method.", "",
+                  "| accuracy >= | E budget | E energy-aware | E magnitude | saving ratio budget | saving ratio energy-aware | energy ratio budget | energy ratio energy-aware |",
+                  "|---|---|---|---|---|---|---|---|"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+        for c in comparisons[variant]:
+            lines.append(f"| {c['level']:.4f} (dense - {c['drop']:.1%}) | {fmt(c['E_budget'])} | {fmt(c['E_energy-aware'])} | "
+                         f"{fmt(c['E_magnitude'])} | {fmt(c['saving_ratio_budget'])} | {fmt(c['saving_ratio_energy-aware'])} | "
+                         f"{fmt(c['energy_ratio_budget'])} | {fmt(c['energy_ratio_energy-aware'])} |")
+        lines.append("")
+    lines += ["### onnxruntime latency, dense vs channel-pruned exports (clean, seed 0; median, 1 thread)", "",
+              "| batch | model | median ms | speed-up | file bytes |", "|---|---|---|---|---|"]
+    lines += [f"| {r['batch']} | {r['model']} | {r['ms']:.4f} | {r['speedup']:.2f}x | {r['bytes']} |" for r in speed_rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace (or append) the '## Pruning' section of RESULTS.md, atomically."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
+    start = text.find("\n## Pruning\n")
+    if text.startswith("## Pruning\n"):
+        start = 0
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start].rstrip("\n") + "\n\n" + section + ("\n" + text[end + 1:] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--hw", default="eyeriss")
+    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    parser.add_argument("--quick", action="store_true", help="two budgets, clean digits only")
+    parser.add_argument("--json", type=Path, default=None, help="also dump all rows as JSON")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    log = lambda message: print(message, flush=True)
+    budgets = (0.25, 0.10) if args.quick else BUDGETS
+    variants = ("clean",) if args.quick else ("clean", "hard")
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for variant in variants:
+            results[variant] = [run_seed(s, variant, args.hw, budgets, work, 4.0, log) for s in args.seeds]
+        rows = [r for v in results.values() for s in v for r in s["rows"]]
+        means = summarise(rows)
+        dense = {v: statistics.mean(s["dense_test_accuracy"] for s in results[v]) for v in results}
+        comparisons = {v: equal_accuracy(means, v, dense[v]) for v in results}
+        speed_rows = speed(results, 2000 if not args.quick else 300, log)
+        section = markdown(means, comparisons, speed_rows, dense, args, time.perf_counter() - started)
+    print(section)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "speed": speed_rows}, indent=1, default=str))
+    if args.write:
+        write_section(ROOT / "benchmarks" / "RESULTS.md", section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
