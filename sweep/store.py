@@ -1,0 +1,90 @@
+"""Atomic files of a sweep's output folder: one JSON per finished cell, and the tables."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from sweep.cells import CellResult
+
+CELLS_DIR = "cells"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class CellStore:
+    """The ``cells/`` folder: ``<slug>.json`` per finished (or failed) cell."""
+
+    def __init__(self, out: Path):
+        self.dir = Path(out) / CELLS_DIR
+
+    def path(self, slug: str) -> Path:
+        return self.dir / f"{slug}.json"
+
+    def save(self, result: CellResult) -> Path:
+        return atomic_write_text(self.path(result.slug), json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n")
+
+    def load(self, slug: str) -> CellResult | None:
+        """The stored result of a cell, or None if there is none (or it cannot be read)."""
+        path = self.path(slug)
+        try:
+            return CellResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def count(self) -> int:
+        return len(list(self.dir.glob("*.json"))) if self.dir.is_dir() else 0
+
+
+def results_csv(results: Iterable[CellResult]) -> str:
+    """The results table as CSV: one row per cell, level energies as ``<level>_pj`` columns."""
+    rows = [r.row() for r in results]
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns and c != "error"]
+    columns.append("error")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def timings_csv(results: Iterable[CellResult]) -> str:
+    """Per-cell phase times (s): not part of the results table, which is deterministic."""
+    from sweep.cells import PHASES
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["key", *[f"{p}_s" for p in PHASES], "total_s"])
+    for r in results:
+        writer.writerow([r.key, *[f"{r.timings_s.get(p, 0.0):.4f}" for p in PHASES], f"{r.timings_s.get('total', 0.0):.4f}"])
+    return buffer.getvalue()
+
+
+def results_json(results: Iterable[CellResult]) -> str:
+    return json.dumps([r.to_dict(timings=False) for r in results], indent=1, sort_keys=True) + "\n"
