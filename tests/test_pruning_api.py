@@ -106,9 +106,12 @@ def test_energy_aware_and_magnitude_meet_a_budget(trained, eyeriss):
         assert r.accuracy_after > 0.5, method
 
 
-def test_weight_granularity_keeps_masks(trained, weight_skip_spec):
+def test_weight_granularity_keeps_masks(trained, weight_skip_spec, tmp_path):
     r = prune(trained["model"], weight_skip_spec, budget="60%", method="magnitude", granularity="weight",
               train=(trained["x"], trained["y"]), seed=0, **FAST)
+    out = r.save(tmp_path / "sparse.onnx")
+    # the importer measures the exported zeros: same densities, same energy as the pruner's IR edit
+    assert estimate(load_model(out, batch=1).graph, weight_skip_spec).total_energy_pj == pytest.approx(r.energy_after_pj, rel=1e-9)
     assert r.energy_after_pj <= 0.6 * r.energy_before_pj
     for p in r.plan:
         w = r.module.layer(p.unit).weight

@@ -40,3 +40,13 @@ def test_bad_types_and_fractions():
     with pytest.raises(BudgetError):
         Budget(fraction=0.5, energy_pj=3.0)
     assert isinstance(BudgetError("x"), ValueError)
+
+
+def test_package_exports_resolve():
+    import pruning
+
+    for name in pruning.__all__:
+        assert getattr(pruning, name) is not None
+    assert pruning.parse_budget("40%").fraction == 0.4
+    with pytest.raises(AttributeError):
+        pruning.nonexistent  # noqa: B018
