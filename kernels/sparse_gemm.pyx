@@ -62,6 +62,16 @@ def _check_weight(W) -> None:
             or not (W.indptr.flags.c_contiguous and W.indices.flags.c_contiguous
                     and W.data.flags.c_contiguous)):
         raise ValueError("W's arrays are inconsistent; build it again with CSRMatrix/BSRMatrix")
+    # The constructors leave the arrays read-only; one made writeable again may have been edited
+    # since it was checked, so check it all again (indptr order, index ranges) before the C loop.
+    if W.indptr.flags.writeable or W.indices.flags.writeable or W.data.flags.writeable:
+        try:
+            if isinstance(W, CSRMatrix):
+                CSRMatrix(W.indptr, W.indices, W.data, W.shape)
+            else:
+                BSRMatrix(W.indptr, W.indices, W.data, W.shape, W.block)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"W was modified after construction and is no longer valid: {e}") from None
 
 
 def _float_strides(a: np.ndarray) -> bool:

@@ -261,6 +261,21 @@ def test_spmm_detects_arrays_swapped_after_construction():
         spmm(W, np.ones((6, 3), np.float32))
 
 
+def test_spmm_revalidates_arrays_made_writeable_again():
+    W = CSRMatrix.from_dense(sparse_matrix(4, 6, 0.5))
+    x = np.ones((6, 3), np.float32)
+    W.indices.setflags(write=True)
+    assert_close(spmm(W, x), spmm_reference(W.to_dense(), x))  # still valid: accepted
+    W.indices[0] = 1000                                         # now points outside the matrix
+    with pytest.raises(ValueError, match="modified after construction.*outside"):
+        spmm(W, x)
+    B = BSRMatrix.from_dense(sparse_matrix(8, 8, 0.5), block=(4, 4))
+    B.indptr.setflags(write=True)
+    B.indptr[1] = B.indptr[2] + 1
+    with pytest.raises(ValueError, match="modified after construction"):
+        spmm(B, np.ones((8, 2), np.float32))
+
+
 @settings(max_examples=40, deadline=None)
 @given(m=st.integers(1, 40), k=st.integers(1, 60), n=st.integers(1, 150),
        density=st.sampled_from([0.0, 0.02, 0.2, 0.7, 1.0]), fmt=st.sampled_from(range(len(FORMATS))),
