@@ -1,4 +1,5 @@
-/* Sparse weight x dense activation kernels: Y[M, N] = W[M, K] @ X[K, N], float32.
+/* Sparse weight x dense activation kernels: Y[M, N] = W[M, K] @ X[K, N], float32
+ * (and int8 x int8 -> int32, further down).
  *
  * Why panels: a row-wise CSR loop streams X from DRAM once per row of W and is memory-bound.
  * Here X is cut into column panels of JC_PW = 64 floats (one 256-byte, 64-byte-aligned row per k),
@@ -34,7 +35,7 @@ typedef struct {
     int kind;                      /* 0: matrix X[k * sk + n * sn]; 1: im2col of x */
     const float *x;
     const int8_t *x8;              /* the int8 matrix instead of x (int8 products; kind 0 only) */
-    ptrdiff_t sk, sn;              /* matrix strides, in floats */
+    ptrdiff_t sk, sn;              /* matrix strides, in elements */
     /* im2col: x[n, c, h, w] at x + n*sN + c*sC + h*sH + w*sW; column j = (n, p, q), row k = (c, r, s) */
     int64_t C, H, W, R, S, P, Q;
     int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
