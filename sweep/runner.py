@@ -68,12 +68,16 @@ def _failed(job: CellJob, exc: BaseException) -> CellResult:
     c = job.cell
     return CellResult(model=c.model, device=c.device, budget=c.budget, method=c.method, granularity=c.granularity,
                       seed=c.seed, fingerprint=job.fingerprint, status="failed",
-                      error=f"{type(exc).__name__}: {exc} (the worker did not return a result)")
+                      error=f"{type(exc).__name__}: {exc} (the cell function raised)")
 
 
 def _serial(pending: list[CellJob], cell_fn: CellFn) -> Iterator[CellResult]:
     for job in pending:
-        yield cell_fn(job)
+        try:
+            result = cell_fn(job)
+        except Exception as exc:  # noqa: BLE001 - as in the pool: report the cell, go on
+            result = _failed(job, exc)
+        yield result
 
 
 def _pool(pending: list[CellJob], cell_fn: CellFn, jobs: int) -> Iterator[CellResult]:

@@ -54,7 +54,7 @@ def read_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        message = " ".join(x for x in (exc.context, exc.problem) if x) or str(exc)
+        message = ": ".join(x for x in (exc.context, exc.problem) if x) or str(exc)
         raise SweepConfigError([ConfigProblem(file, line, "", f"invalid YAML: {message}")]) from None
     except yaml.YAMLError as exc:
         raise SweepConfigError([ConfigProblem(file, None, "", f"invalid YAML: {exc}")]) from None
