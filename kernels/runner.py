@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 from kernels.conv import CompactWeight, compact_channels, conv2d_dense, conv2d_sparse, dense_gemm
 from kernels.formats import BSRMatrix, CSRMatrix
+from kernels.slide import HashedLinear
 from kernels.sparse_gemm import spmm
 
 DENSE_ABOVE = 0.30  # density above which dense BLAS beats the sparse kernels on this CPU class
@@ -183,6 +184,9 @@ BINARY_OPS = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.d
 SUPPORTED_OPS = frozenset(SIMPLE_OPS) | frozenset(BINARY_OPS) | frozenset(
     {"Conv", "Gemm", "MatMul", "BatchNormalization", "Clip", "Reshape", "Concat", "Squeeze", "Unsqueeze",
      "Constant", "Shape", "Gather", "Cast"})
+# Custom ops by (domain, op_type). joulecut.HashedLinear: a SLIDE layer (see _prepare_hashed).
+CUSTOM_OPS = frozenset({("joulecut", "HashedLinear")})
+HASHED_MODES = {"batched": "batched", "per-sample": "per_sample"}
 
 
 class GraphRunner:
@@ -204,6 +208,8 @@ class GraphRunner:
         self.inputs = [i.name for i in self.graph.input if i.name not in init_names]
         self.outputs = [o.name for o in self.graph.output]
         for name, node in zip(self.names, self.graph.node):
+            if (node.domain, node.op_type) in CUSTOM_OPS:
+                continue
             if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS:
                 raise ValueError(f"node '{name}': op {node.domain + '.' if node.domain else ''}{node.op_type} "
                                  "is not supported by the kernel runner")
@@ -214,7 +220,9 @@ class GraphRunner:
 
     def _prepare(self, name: str, node: onnx.NodeProto) -> None:
         attrs = _attrs(node)
-        if node.op_type == "Conv" and node.input[1] in self.constants:
+        if node.domain == "joulecut" and node.op_type == "HashedLinear":
+            self._prepare_hashed(name, node, attrs)
+        elif node.op_type == "Conv" and node.input[1] in self.constants:
             w = self.constants[node.input[1]].astype(np.float32)
             groups = attrs.get("group", 1)
             w2 = w.reshape(w.shape[0], -1)
@@ -234,6 +242,49 @@ class GraphRunner:
                 w2 = w2 * np.float32(attrs.get("alpha", 1.0))
             fmt = "dense" if self.mode == "dense" else choose_format(w2)
             self.packed[name] = (fmt, _pack(fmt, np.ascontiguousarray(w2)))
+
+    def _prepare_hashed(self, name: str, node: onnx.NodeProto, a: dict) -> None:
+        """joulecut.HashedLinear(X, W [out, in], B [out], offsets?, ids?), attributes K, L,
+        family, seed, mode (+ density for simhash, bin_size for dwta). The hash functions and
+        bucket tables are rebuilt from W and seed; stored tables (int32 ``bucket_offsets``
+        [L, slots + 1], ``bucket_ids`` [L, out]) must equal the rebuilt ones."""
+        def fail(message: str) -> ValueError:
+            return ValueError(f"node '{name}': joulecut.HashedLinear {message}")
+
+        missing = [k for k in ("K", "L", "family", "seed", "mode") if k not in a]
+        if missing:
+            raise fail(f"lacks attribute(s) {', '.join(missing)}")
+        if len(node.input) < 3 or any(t not in self.constants for t in node.input[1:]):
+            raise fail("needs constant initializers W [out, in] and B [out] (and the bucket tables)")
+        text = {k: a[k].decode() if isinstance(a[k], bytes) else a[k] for k in ("family", "mode")}
+        if text["mode"] not in HASHED_MODES:
+            raise fail(f"mode must be one of {sorted(HASHED_MODES)}, got {text['mode']!r}")
+        extra = {"density": float(a["density"])} if "density" in a else {}
+        if "bin_size" in a:
+            extra["bin_size"] = int(a["bin_size"])
+        w, b = (self.constants[t] for t in node.input[1:3])
+        try:
+            layer = HashedLinear(w, b, family=text["family"], K=int(a["K"]), L=int(a["L"]),
+                                 seed=int(a["seed"]), num_threads=self.threads, **extra)
+        except (TypeError, ValueError) as exc:
+            raise fail(str(exc)) from exc
+        if len(node.input) > 3:
+            stored = [self.constants[t] for t in node.input[3:5]]
+            rebuilt = [layer.tables.offsets, layer.tables.ids][:len(stored)]
+            if any(s.shape != r.shape or not np.array_equal(s, r) for s, r in zip(stored, rebuilt)):
+                raise fail("stored bucket tables differ from the tables rebuilt from W and seed")
+        self.packed[name] = ("hashed", (layer, HASHED_MODES[text["mode"]]))
+
+    def _hashed(self, name: str, ins: list):
+        layer, mode = self.packed[name][1]
+        x = ins[0]
+        if x.shape[-1] != layer.n_in:
+            raise ValueError(f"node '{name}': input must have {layer.n_in} features, got shape {x.shape}")
+        lead = x.shape[:-1]
+        x2 = np.ascontiguousarray(x.reshape(-1, layer.n_in), dtype=np.float32)
+        y = layer.forward_sparse(x2, mode).to_dense().reshape(*lead, layer.n_out)
+        dense_macs = x2.shape[0] * layer.n_out * layer.n_in
+        return [y], layer.macs_executed, dense_macs, "hashed", layer.bytes_gathered
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs in the model's output order; per-layer stats land in ``last_run``."""
@@ -259,6 +310,8 @@ class GraphRunner:
         a = _attrs(node)
         ins = [env[i] if i else None for i in node.input]
         op = node.op_type
+        if node.domain == "joulecut" and op == "HashedLinear":
+            return self._hashed(name, ins)
         if op == "Conv":
             return self._conv(name, node, a, ins)
         if op in ("Gemm", "MatMul") and name in self.packed:
