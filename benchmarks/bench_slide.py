@@ -153,7 +153,8 @@ def main() -> None:
     load1 = os.getloadavg()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
                platform.processor())
-    text = (f"### bench_slide: hashed layer {N_IN} -> {N_OUT:,}, target 5% active\n\n"
+    key = f"bench_slide ({args.threads} thread(s))"
+    text = (f"### {key}: hashed layer {N_IN} -> {N_OUT:,}, target 5% active\n\n"
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {cpu}, "
             f"{os.cpu_count()} cores; torch {torch.__version__}, {args.threads} threads for both\n"
             f"- command: `python benchmarks/bench_slide.py --threads {args.threads} --repeats {args.repeats}`\n"
@@ -163,7 +164,7 @@ def main() -> None:
     print(text)
     if args.write:
         update_section(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"),
-                       "bench_slide", text)
+                       key, text)
 
 
 if __name__ == "__main__":

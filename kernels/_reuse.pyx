@@ -55,18 +55,50 @@ cdef extern from *:
     }
     #endif
 
-    /* Sign codes of nb rows of X at columns k0..k0+len. projT [K, nv*16]: each column's
-     * projection coefficients, zero-padded to whole vectors (a zero lane adds no bit). */
-    static void jr_codes(const float *X, int64_t K, const float *projT, int nv, int64_t r0,
-                         int64_t nb, int64_t k0, int64_t len, uint64_t *code) {
+    /* out[0:n] = scale * sum_j c[j] * B[j*ldb + 0:n] for j < len: the centroid times its
+     * slice of W. Accumulates 64 columns at a time in registers (no store per j). */
+    static void jr_vecmat(const float *c, int64_t len, float scale, const float *B, int64_t ldb,
+                          int64_t n, float *out) {
+        int64_t m = 0;
+        for (; m + 64 <= n; m += 64) {
+            jr_v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (int64_t j = 0; j < len; j++) {
+                const float v = c[j];
+                const float *b = B + j * ldb + m;
+                a0 += v * jr_load(b); a1 += v * jr_load(b + 16);
+                a2 += v * jr_load(b + 32); a3 += v * jr_load(b + 48);
+            }
+            jr_store(out + m, a0 * scale); jr_store(out + m + 16, a1 * scale);
+            jr_store(out + m + 32, a2 * scale); jr_store(out + m + 48, a3 * scale);
+        }
+        for (; m + 16 <= n; m += 16) {
+            jr_v16 a0 = {0};
+            for (int64_t j = 0; j < len; j++) a0 += c[j] * jr_load(B + j * ldb + m);
+            jr_store(out + m, a0 * scale);
+        }
+        for (; m < n; m++) {
+            float a = 0.0f;
+            for (int64_t j = 0; j < len; j++) a += c[j] * B[j * ldb + m];
+            out[m] = a * scale;
+        }
+    }
+
+    /* Codes of nb rows of X at columns k0..k0+len: bit h = (x . proj_h > thr[h]).
+     * projT [K, nv*16]: each column's projection coefficients, zero-padded to whole vectors;
+     * thr [nv*16]: this position's thresholds (0 for plain sign hashing; padded lanes must
+     * have thr 0, so they add no bit). */
+    static void jr_codes(const float *X, int64_t K, const float *projT, const float *thr, int nv,
+                         int64_t r0, int64_t nb, int64_t k0, int64_t len, uint64_t *code) {
         const int64_t hp = (int64_t)nv * 16;
+        const jr_v16 t0 = jr_load(thr);
         if (nv == 1) {
             /* eight rows at a time (a GEMM micro-kernel): each projection load feeds eight
              * independent FMA chains, so the FMAs are not waiting on each other */
             int64_t i = 0;
             for (; i + 8 <= nb; i += 8) {
                 const float *xs = X + (r0 + i) * K + k0;
-                jr_v16 a[8] = {{0}, {0}, {0}, {0}, {0}, {0}, {0}, {0}};
+                jr_v16 a[8];
+                for (int u = 0; u < 8; u++) a[u] = -t0;
                 for (int64_t j = 0; j < len; j++) {
                     const jr_v16 p = jr_load(projT + (k0 + j) * hp);
                     for (int u = 0; u < 8; u++) a[u] += xs[u * K + j] * p;
@@ -75,7 +107,7 @@ cdef extern from *:
             }
             for (; i < nb; i++) {
                 const float *x0 = X + (r0 + i) * K + k0;
-                jr_v16 a0 = {0};
+                jr_v16 a0 = -t0;
                 for (int64_t j = 0; j < len; j++) a0 += x0[j] * jr_load(projT + (k0 + j) * hp);
                 code[i] = jr_signbits(a0);
             }
@@ -83,7 +115,8 @@ cdef extern from *:
         }
         for (int64_t i = 0; i < nb; i++) {
             const float *x0 = X + (r0 + i) * K + k0;
-            jr_v16 a[4] = {{0}, {0}, {0}, {0}};
+            jr_v16 a[4];
+            for (int v = 0; v < nv; v++) a[v] = -jr_load(thr + 16 * v);
             for (int64_t j = 0; j < len; j++) {
                 const float *pj = projT + (k0 + j) * hp;
                 for (int v = 0; v < nv; v++) a[v] += x0[j] * jr_load(pj + 16 * v);
@@ -100,13 +133,13 @@ cdef extern from *:
      * *n_zero_rows gets the number of all-zero sub-vectors (they form one more cluster
      * whose product is skipped). */
     static int64_t jr_position(const float *X, int64_t K, const float *W, int64_t M,
-                               const float *projT, int nv, int64_t r0, int64_t r1, int64_t k0,
+                               const float *projT, const float *thr, int nv, int64_t r0, int64_t r1, int64_t k0,
                                int64_t k1, float *Y, uint64_t *code, int32_t *cid,
                                uint64_t *key, int32_t *table, int64_t cap, float *cent,
                                int32_t *cnt, float *prod, int64_t *n_zero_rows) {
         const int64_t nb = r1 - r0, len = k1 - k0;
         int64_t nc = 0, zeros = 0;
-        jr_codes(X, K, projT, nv, r0, nb, k0, len, code);
+        jr_codes(X, K, projT, thr, nv, r0, nb, k0, len, code);
         for (int64_t s = 0; s < cap; s++) table[s] = -1;
         for (int64_t i = 0; i < nb; i++) {
             const float *xr = X + (r0 + i) * K + k0;
@@ -131,17 +164,8 @@ cdef extern from *:
             for (int64_t j = 0; j < len; j++) ck[j] += xr[j];
         }
         /* centroid products: prod[k] = mean_k @ W[k0:k1] */
-        for (int64_t k = 0; k < nc; k++) {
-            float *pk = prod + k * M;
-            const float inv = 1.0f / (float)cnt[k];
-            const float *ck = cent + k * len;
-            for (int64_t m = 0; m < M; m++) pk[m] = 0.0f;
-            for (int64_t j = 0; j < len; j++) {
-                const float v = ck[j] * inv;
-                const float *wj = W + (k0 + j) * M;
-                for (int64_t m = 0; m < M; m++) pk[m] += v * wj[m];
-            }
-        }
+        for (int64_t k = 0; k < nc; k++)
+            jr_vecmat(cent + k * len, len, 1.0f / (float)cnt[k], W + k0 * M, M, M, prod + k * M);
         /* reuse: every member row gets its cluster's product */
         for (int64_t i = 0; i < nb; i++) {
             if (cid[i] < 0) continue;
@@ -159,8 +183,9 @@ cdef extern from *:
      * order. clusters / zero_rows [n_blocks, n_pos]: per (block, position), the nonzero
      * clusters and the all-zero sub-vectors. */
     static int jr_reuse_matmul(const float *X, int64_t N, int64_t K, const float *W, int64_t M,
-                               const float *projT, int nv, int64_t sub_len, int64_t block_rows,
-                               float *Y, int64_t *clusters, int64_t *zero_rows, int nthreads) {
+                               const float *projT, const float *thr, int nv, int64_t sub_len,
+                               int64_t block_rows, float *Y, int64_t *clusters,
+                               int64_t *zero_rows, int nthreads) {
         const int64_t n_pos = (K + sub_len - 1) / sub_len;
         const int64_t n_blocks = (N + block_rows - 1) / block_rows;
         int failed = 0;
@@ -187,7 +212,8 @@ cdef extern from *:
                     for (int64_t p = 0; p < n_pos; p++) {
                         const int64_t k0 = p * sub_len;
                         const int64_t k1 = k0 + sub_len < K ? k0 + sub_len : K;
-                        clusters[b * n_pos + p] = jr_position(X, K, W, M, projT, nv, r0, r1,
+                        clusters[b * n_pos + p] = jr_position(X, K, W, M, projT,
+                                                              thr + p * 16 * nv, nv, r0, r1,
                                                               k0, k1, Y, code, cid, key, table,
                                                               cap, cent, cnt, prod,
                                                               &zero_rows[b * n_pos + p]);
@@ -198,24 +224,26 @@ cdef extern from *:
         }
         return failed;
     }
-    /* Conv with reuse shared across kernel offsets. xp: input pixels channels-last, one
-     * row of C floats per pixel ([n_img*H*Wd, C]). A sub-vector is a channel chunk of one
-     * pixel; it is the sub-vector of every im2col row that reads that pixel, so it is hashed
-     * and clustered once (per block of images) instead of R*S times. Per chunk g and
-     * cluster k the products cent_k @ W2[(r,s) rows of g] are formed for every (r, s), and
-     * each output pixel adds, per (r, s), the product of the cluster its input pixel is in.
-     * W2 [R*S*C, M] rows ordered (r, s, c). Y [n_img*P*Q, M].
+    /* Conv with reuse shared across kernel offsets. x NCHW [n_img, C, Hh, Wd]. A
+     * sub-vector is a chunk of sub_len channels of one input pixel; it is the sub-vector
+     * of every im2col row that reads that pixel, so it is hashed and clustered once (per
+     * block of images) instead of R*S times. Per chunk g and cluster k the products
+     * cent_k @ W3[c0 .. c0+len] are formed for all (r, s) at once, and each output pixel
+     * adds, per (r, s), the product of the cluster its input pixel is in.
+     * W3 [C, R*S*M]: W3[c][(r*S + s)*M + m] = weight[m, c, r, s]. bias [M] or NULL.
+     * y NCHW [n_img, M, P, Q] (fully written). Layout changes happen per block, in cache.
      * clusters / zero_px [n_blocks, n_chunks]. Returns nonzero on allocation failure. */
-    static int jr_reuse_conv(const float *xp, int64_t n_img, int64_t Hh, int64_t Wd, int64_t C,
-                             const float *projT, int nv, int64_t sub_len, const float *W2,
-                             int64_t M, int64_t R, int64_t S, int64_t stride, int64_t pad,
-                             int64_t P, int64_t Q, int64_t block_imgs, float *Y,
-                             int64_t *clusters, int64_t *zero_px, int nthreads) {
+    static int jr_reuse_conv(const float *x, int64_t n_img, int64_t Hh, int64_t Wd, int64_t C,
+                             const float *projT, const float *thr, int nv, int64_t sub_len,
+                             const float *W3, const float *bias, int64_t M, int64_t R, int64_t S,
+                             int64_t stride, int64_t pad, int64_t P, int64_t Q,
+                             int64_t block_imgs, float *y, int64_t *clusters, int64_t *zero_px,
+                             int nthreads) {
         const int64_t n_chunks = (C + sub_len - 1) / sub_len;
         const int64_t n_blocks = (n_img + block_imgs - 1) / block_imgs;
-        const int64_t px_img = Hh * Wd, cap_px = block_imgs * px_img, RS = R * S;
+        const int64_t px_img = Hh * Wd, out_img = P * Q, RS = R * S;
+        const int64_t cap_px = block_imgs * px_img, cap_out = block_imgs * out_img;
         int failed = 0;
-        memset(Y, 0, sizeof(float) * (size_t)(n_img * P * Q * M));
         #pragma omp parallel num_threads(jr_threads(nthreads)) if (n_blocks > 1)
         {
             int64_t cap = 16;
@@ -227,7 +255,10 @@ cdef extern from *:
             float *cent = (float *)malloc(sizeof(float) * (size_t)(cap_px * sub_len));
             int32_t *cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)cap_px);
             float *prod = (float *)malloc(sizeof(float) * (size_t)(cap_px * RS * M));
-            if (!code || !key || !cid || !table || !cent || !cnt || !prod) {
+            float *xs = (float *)malloc(sizeof(float) * (size_t)(cap_px * C));     /* NHWC */
+            float *ys = (float *)malloc(sizeof(float) * (size_t)(cap_out * M));    /* NHWC */
+            const float **src = (const float **)malloc(sizeof(float *) * (size_t)RS);
+            if (!code || !key || !cid || !table || !cent || !cnt || !prod || !xs || !ys || !src) {
                 #pragma omp atomic write
                 failed = 1;
             } else {
@@ -235,15 +266,22 @@ cdef extern from *:
                 for (int64_t b = 0; b < n_blocks; b++) {
                     const int64_t i0 = b * block_imgs;
                     const int64_t i1 = i0 + block_imgs < n_img ? i0 + block_imgs : n_img;
-                    const int64_t r0 = i0 * px_img, nb = (i1 - i0) * px_img;
+                    const int64_t nb = (i1 - i0) * px_img, nout = (i1 - i0) * out_img;
+                    for (int64_t im = i0; im < i1; im++)
+                        for (int64_t c = 0; c < C; c++) {
+                            const float *xc = x + (im * C + c) * px_img;
+                            float *xo = xs + (im - i0) * px_img * C + c;
+                            for (int64_t t = 0; t < px_img; t++) xo[t * C] = xc[t];
+                        }
+                    memset(ys, 0, sizeof(float) * (size_t)(nout * M));
                     for (int64_t g = 0; g < n_chunks; g++) {
                         const int64_t c0 = g * sub_len;
                         const int64_t len = c0 + sub_len < C ? sub_len : C - c0;
                         int64_t nc = 0, zeros = 0;
-                        jr_codes(xp, C, projT, nv, r0, nb, c0, len, code);
+                        jr_codes(xs, C, projT, thr + g * 16 * nv, nv, 0, nb, c0, len, code);
                         for (int64_t t = 0; t < cap; t++) table[t] = -1;
                         for (int64_t i = 0; i < nb; i++) {
-                            const float *xr = xp + (r0 + i) * C + c0;
+                            const float *xr = xs + i * C + c0;
                             int nz = 0;
                             for (int64_t j = 0; j < len; j++) nz |= xr[j] != 0.0f;
                             if (!nz) { cid[i] = -1; zeros++; continue; }
@@ -263,61 +301,69 @@ cdef extern from *:
                             float *ck = cent + k * len;
                             for (int64_t j = 0; j < len; j++) ck[j] += xr[j];
                         }
-                        /* prod[(k*RS + rs)*M + m] = mean_k @ W2[rs*C + c0 .. + len] */
-                        for (int64_t k = 0; k < nc; k++) {
-                            const float inv = 1.0f / (float)cnt[k];
-                            const float *ck = cent + k * len;
-                            for (int64_t rs = 0; rs < RS; rs++) {
-                                float *pk = prod + (k * RS + rs) * M;
-                                for (int64_t m = 0; m < M; m++) pk[m] = 0.0f;
-                                for (int64_t j = 0; j < len; j++) {
-                                    const float v = ck[j] * inv;
-                                    const float *wj = W2 + (rs * C + c0 + j) * M;
-                                    for (int64_t m = 0; m < M; m++) pk[m] += v * wj[m];
+                        /* prod[k*RS*M + rs*M + m] = mean_k @ W3[c0 .. c0+len] (all (r, s)) */
+                        for (int64_t k = 0; k < nc; k++)
+                            jr_vecmat(cent + k * len, len, 1.0f / (float)cnt[k], W3 + c0 * RS * M,
+                                      RS * M, RS * M, prod + k * RS * M);
+                        /* each output pixel sums, in registers, the products of what it reads */
+                        for (int64_t o = 0; o < nout; o++) {
+                            const int64_t im = o / out_img, oy = (o % out_img) / Q, ox = o % Q;
+                            int ns = 0;
+                            for (int64_t r = 0; r < R; r++) {
+                                const int64_t iy = oy * stride + r - pad;
+                                if (iy < 0 || iy >= Hh) continue;
+                                for (int64_t s2 = 0; s2 < S; s2++) {
+                                    const int64_t ix = ox * stride + s2 - pad;
+                                    if (ix < 0 || ix >= Wd) continue;
+                                    const int32_t k = cid[im * px_img + iy * Wd + ix];
+                                    if (k >= 0) src[ns++] = prod + ((int64_t)k * RS + r * S + s2) * M;
                                 }
                             }
-                        }
-                        /* each output pixel adds the products of the pixels it reads */
-                        for (int64_t im = i0; im < i1; im++) {
-                            for (int64_t oy = 0; oy < P; oy++) {
-                                for (int64_t ox = 0; ox < Q; ox++) {
-                                    float *yr = Y + ((im * P + oy) * Q + ox) * M;
-                                    for (int64_t r = 0; r < R; r++) {
-                                        const int64_t iy = oy * stride + r - pad;
-                                        if (iy < 0 || iy >= Hh) continue;
-                                        for (int64_t s2 = 0; s2 < S; s2++) {
-                                            const int64_t ix = ox * stride + s2 - pad;
-                                            if (ix < 0 || ix >= Wd) continue;
-                                            const int32_t k = cid[(im - i0) * px_img + iy * Wd + ix];
-                                            if (k < 0) continue;
-                                            const float *pk = prod + ((int64_t)k * RS + r * S + s2) * M;
-                                            int64_t m = 0;
-                                            for (; m + 16 <= M; m += 16)
-                                                jr_store(yr + m, jr_load(yr + m) + jr_load(pk + m));
-                                            for (; m < M; m++) yr[m] += pk[m];
-                                        }
-                                    }
+                            float *yr = ys + o * M;
+                            int64_t m = 0;
+                            for (; m + 32 <= M; m += 32) {
+                                jr_v16 a0 = jr_load(yr + m), a1 = jr_load(yr + m + 16);
+                                for (int u = 0; u < ns; u++) {
+                                    a0 += jr_load(src[u] + m);
+                                    a1 += jr_load(src[u] + m + 16);
                                 }
+                                jr_store(yr + m, a0); jr_store(yr + m + 16, a1);
+                            }
+                            for (; m < M; m++) {
+                                float a = yr[m];
+                                for (int u = 0; u < ns; u++) a += src[u][m];
+                                yr[m] = a;
                             }
                         }
                         clusters[b * n_chunks + g] = nc;
                         zero_px[b * n_chunks + g] = zeros;
                     }
+                    /* NHWC scratch -> NCHW output, plus bias */
+                    for (int64_t im = i0; im < i1; im++)
+                        for (int64_t m = 0; m < M; m++) {
+                            float *yo = y + (im * M + m) * out_img;
+                            const float *yi = ys + (im - i0) * out_img * M + m;
+                            const float bm = bias ? bias[m] : 0.0f;
+                            for (int64_t t = 0; t < out_img; t++) yo[t] = yi[t * M] + bm;
+                        }
                 }
             }
             free(code); free(key); free(cid); free(table); free(cent); free(cnt); free(prod);
+            free(xs); free(ys); free((void *)src);
         }
         return failed;
     }
     """
     int jr_reuse_matmul(const float *X, int64_t N, int64_t K, const float *W, int64_t M,
-                        const float *projT, int nv, int64_t sub_len, int64_t block_rows,
-                        float *Y, int64_t *clusters, int64_t *zero_rows, int nthreads) nogil
-    int jr_reuse_conv(const float *xp, int64_t n_img, int64_t Hh, int64_t Wd, int64_t C,
-                      const float *projT, int nv, int64_t sub_len, const float *W2,
-                      int64_t M, int64_t R, int64_t S, int64_t stride, int64_t pad,
-                      int64_t P, int64_t Q, int64_t block_imgs, float *Y,
-                      int64_t *clusters, int64_t *zero_px, int nthreads) nogil
+                        const float *projT, const float *thr, int nv, int64_t sub_len,
+                        int64_t block_rows, float *Y, int64_t *clusters, int64_t *zero_rows,
+                        int nthreads) nogil
+    int jr_reuse_conv(const float *x, int64_t n_img, int64_t Hh, int64_t Wd, int64_t C,
+                      const float *projT, const float *thr, int nv, int64_t sub_len,
+                      const float *W3, const float *bias, int64_t M, int64_t R, int64_t S,
+                      int64_t stride, int64_t pad, int64_t P, int64_t Q,
+                      int64_t block_imgs, float *y, int64_t *clusters, int64_t *zero_px,
+                      int nthreads) nogil
 
 MAX_HASHES = 64
 
@@ -336,11 +382,24 @@ def _matrix(a, name, rows=None, cols=None):
     return np.ascontiguousarray(a)
 
 
-def reuse_matmul_kernel(X, W, proj, int sub_len, int64_t block_rows, int nthreads=0):
+def _thresholds(thr, int n_pos, int H, int nv):
+    """[n_pos, nv*16] float32 thresholds, zero-padded; None means 0 (plain sign hashing)."""
+    out = np.zeros((n_pos, nv * 16), dtype=np.float32)
+    if thr is not None:
+        thr = _matrix(thr, "thresholds", rows=n_pos, cols=H)
+        if not np.isfinite(thr).all():
+            raise ValueError("thresholds must be finite")
+        out[:, :H] = thr
+    return out
+
+
+def reuse_matmul_kernel(X, W, proj, int sub_len, int64_t block_rows, int nthreads=0,
+                        thresholds=None):
     """(Y [N, M], clusters, zero_rows), the last two [n_blocks, n_pos] int64.
 
     X [N, K], W [K, M], proj [K, H] float32 (H = n_hashes <= 64 sign bits per sub-vector;
     the rows of proj at a position's columns are that position's projections).
+    thresholds [n_pos, H] float32 or None: bit h of position p is (x . proj_h > thr[p, h]).
     clusters[b, p]: nonzero clusters of row block b at sub-vector position p; zero_rows[b, p]:
     its all-zero sub-vectors (one more cluster, whose product is zero and skipped).
     """
@@ -373,6 +432,8 @@ def reuse_matmul_kernel(X, W, proj, int sub_len, int64_t block_rows, int nthread
     cdef int nv = (H + 15) // 16
     projT = np.zeros((K, nv * 16), dtype=np.float32)
     projT[:, :H] = proj
+    thr = _thresholds(thresholds, n_pos, H, nv)
+    cdef float[:, ::1] tv = thr
     cdef float[:, ::1] xv = X
     cdef float[:, ::1] wv = W
     cdef float[:, ::1] pv = projT
@@ -381,7 +442,7 @@ def reuse_matmul_kernel(X, W, proj, int sub_len, int64_t block_rows, int nthread
     cdef int64_t[:, ::1] zv = zero_rows
     cdef int failed
     with nogil:
-        failed = jr_reuse_matmul(&xv[0, 0], N, K, &wv[0, 0], M, &pv[0, 0], nv, sub_len,
+        failed = jr_reuse_matmul(&xv[0, 0], N, K, &wv[0, 0], M, &pv[0, 0], &tv[0, 0], nv, sub_len,
                                  block_rows, &yv[0, 0], &cv[0, 0], &zv[0, 0], nthreads)
     if failed:
         raise MemoryError("reuse_matmul: could not allocate per-thread scratch")
@@ -389,13 +450,14 @@ def reuse_matmul_kernel(X, W, proj, int sub_len, int64_t block_rows, int nthread
 
 
 def reuse_conv_kernel(x, weight, proj, int sub_len, int stride, int pad, int64_t block_imgs,
-                      int nthreads=0):
-    """Conv2d with deep reuse shared across kernel offsets: (Y [N*P*Q, M], P, Q, clusters,
+                      int nthreads=0, thresholds=None, bias=None):
+    """Conv2d with deep reuse shared across kernel offsets: (y [N, M, P, Q], clusters,
     zero_px), the last two [n_blocks, n_chunks] int64 (per block of images and channel chunk:
     nonzero clusters of input pixels, all-zero pixel chunks).
 
     x [N, C, H, W], weight [M, C, R, S], proj [C, n_hashes] float32; sub-vectors are chunks
-    of sub_len channels of one input pixel. No bias (the caller adds it).
+    of sub_len channels of one input pixel. thresholds [n_chunks, n_hashes] or None as in
+    reuse_matmul_kernel; bias [M] float32 or None.
     """
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
         raise TypeError(f"x must be a 4-D float32 numpy.ndarray (NCHW), got "
@@ -418,6 +480,10 @@ def reuse_conv_kernel(x, weight, proj, int sub_len, int stride, int pad, int64_t
         raise ValueError(f"kernel {R}x{S} does not fit the padded input {Hh + 2 * pad}x{Wd + 2 * pad}")
     if block_imgs < 1:
         raise ValueError(f"block_imgs must be >= 1, got {block_imgs}")
+    if bias is not None:
+        if not isinstance(bias, np.ndarray) or bias.dtype != np.float32 or bias.shape != (M,):
+            raise ValueError(f"bias must be a float32 array of shape ({M},)")
+        bias = np.ascontiguousarray(bias)
     cdef int64_t P = (Hh + 2 * pad - R) // stride + 1
     cdef int64_t Q = (Wd + 2 * pad - S) // stride + 1
     cdef int64_t n_chunks = (C + sub_len - 1) // sub_len
@@ -425,27 +491,35 @@ def reuse_conv_kernel(x, weight, proj, int sub_len, int stride, int pad, int64_t
     cdef int64_t n_blocks = (N + block_imgs - 1) // block_imgs if N else 0
     if block_imgs * Hh * Wd >= 2**30:
         raise ValueError("block_imgs * H * W must be < 2**30")
-    Y = np.zeros((N * P * Q, M), dtype=np.float32)
+    y = np.empty((N, M, P, Q), dtype=np.float32)
     clusters = np.zeros((n_blocks, n_chunks), dtype=np.int64)
     zero_px = np.zeros((n_blocks, n_chunks), dtype=np.int64)
-    if N == 0 or M == 0:
-        return Y, P, Q, clusters, zero_px
-    xp = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(N * Hh * Wd, C)
-    W2 = np.ascontiguousarray(weight.transpose(2, 3, 1, 0)).reshape(R * S * C, M)
+    if N == 0 or M == 0 or P * Q == 0:
+        y[:] = 0 if bias is None else bias[None, :, None, None]
+        return y, clusters, zero_px
+    x = np.ascontiguousarray(x)
+    W3 = np.ascontiguousarray(weight.transpose(1, 2, 3, 0)).reshape(C, R * S * M)
     cdef int nv = (H + 15) // 16
     projT = np.zeros((C, nv * 16), dtype=np.float32)
     projT[:, :H] = proj
-    cdef float[:, ::1] xv = xp
-    cdef float[:, ::1] wv = W2
+    thr = _thresholds(thresholds, n_chunks, H, nv)
+    cdef float[:, ::1] tv = thr
+    cdef float[:, :, :, ::1] xv = x
+    cdef float[:, ::1] wv = W3
     cdef float[:, ::1] pv = projT
-    cdef float[:, ::1] yv = Y
+    cdef float[:, :, :, ::1] yv = y
     cdef int64_t[:, ::1] cv = clusters
     cdef int64_t[:, ::1] zv = zero_px
+    cdef const float *bp = NULL
+    cdef float[::1] bv
+    if bias is not None:
+        bv = bias
+        bp = &bv[0]
     cdef int failed
     with nogil:
-        failed = jr_reuse_conv(&xv[0, 0], N, Hh, Wd, C, &pv[0, 0], nv, sub_len, &wv[0, 0], M,
-                               R, S, stride, pad, P, Q, block_imgs, &yv[0, 0], &cv[0, 0],
-                               &zv[0, 0], nthreads)
+        failed = jr_reuse_conv(&xv[0, 0, 0, 0], N, Hh, Wd, C, &pv[0, 0], &tv[0, 0], nv, sub_len,
+                               &wv[0, 0], bp, M, R, S, stride, pad, P, Q, block_imgs,
+                               &yv[0, 0, 0, 0], &cv[0, 0], &zv[0, 0], nthreads)
     if failed:
         raise MemoryError("reuse_conv: could not allocate per-thread scratch")
-    return Y, P, Q, clusters, zero_px
+    return y, clusters, zero_px

@@ -53,12 +53,44 @@ def projections(K: int, n_hashes: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((K, n_hashes)).astype(np.float32)
 
 
+CALIB_ROWS = 2048
+
+
+def centered_thresholds(sub: np.ndarray, proj: np.ndarray, sub_len: int, seed: int) -> np.ndarray:
+    """[n_pos, H] thresholds t = mean + std * z of each hash's projections over the nonzero
+    sub-vectors of the sample rows `sub` [n, K] (z ~ N(0, 1), seeded).
+
+    Sign hashing through the origin sees only a sub-vector's direction: ReLU activations all
+    sit in one orthant, and two chunks that are multiples of each other always collide.
+    Hyperplanes through the data's centre at random offsets also split by magnitude.
+    """
+    K, H = proj.shape
+    z = np.random.default_rng([seed, 1]).standard_normal((-(-K // sub_len), H))
+    out = np.zeros_like(z, dtype=np.float32)
+    for p, k0 in enumerate(range(0, K, sub_len)):
+        xs = sub[:, k0:k0 + sub_len].astype(np.float64)
+        xs = xs[xs.any(axis=1)]
+        if len(xs) == 0:
+            continue
+        v = xs @ proj[k0:k0 + sub_len].astype(np.float64)
+        out[p] = v.mean(axis=0) + v.std(axis=0) * z[p]
+    return out
+
+
+def _calib_rows(X: np.ndarray, seed: int) -> np.ndarray:
+    if len(X) <= CALIB_ROWS:
+        return X
+    return X[np.random.default_rng([seed, 2]).choice(len(X), CALIB_ROWS, replace=False)]
+
+
 def reuse_matmul(X: np.ndarray, W: np.ndarray, sub_len: int, n_hashes: int, seed: int = 0, *,
-                 block_rows: int = DEFAULT_BLOCK_ROWS, compute_error: bool = True,
-                 num_threads: int = 0) -> tuple[np.ndarray, ReuseStats]:
+                 block_rows: int = DEFAULT_BLOCK_ROWS, centered: bool = False,
+                 compute_error: bool = True, num_threads: int = 0) -> tuple[np.ndarray, ReuseStats]:
     """Y ~= X @ W by clustering the sub-vectors of X's rows. X [N, K], W [K, M] float32.
 
     Rows are clustered within blocks of block_rows rows (the blocks run in parallel).
+    centered=False: bit = sign of a random projection (Ning & Shen); True: thresholds from
+    centered_thresholds on up to CALIB_ROWS rows of X (magnitude-aware clusters).
     compute_error=True also computes the exact X @ W for stats.relative_error.
     """
     if not isinstance(sub_len, (int, np.integer)) or not isinstance(n_hashes, (int, np.integer)):
@@ -73,8 +105,11 @@ def reuse_matmul(X: np.ndarray, W: np.ndarray, sub_len: int, n_hashes: int, seed
     N, K = X.shape
     M = W.shape[1]
     proj = projections(K, int(n_hashes), seed)
+    thr = None
+    if centered and N and 1 <= sub_len <= K:
+        thr = centered_thresholds(_calib_rows(X, seed), proj, int(sub_len), seed)
     Y, clusters, zero_rows = reuse_matmul_kernel(X, W, proj, int(sub_len), int(block_rows),
-                                                 int(num_threads))
+                                                 int(num_threads), thr)
     lens = np.diff(np.minimum(np.arange(0, K + sub_len, sub_len), K))[: clusters.shape[1]]
     all_clusters = clusters + (zero_rows > 0)      # the zero cluster is a cluster, at no cost
     err = None
@@ -114,7 +149,8 @@ def im2col(x: np.ndarray, R: int, S: int, stride: int = 1, pad: int = 0) -> tupl
 def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
                  stride: int = 1, pad: int = 0, sub_len: int = 16, n_hashes: int = 8,
                  seed: int = 0, share: str = "pixel", block_rows: int = DEFAULT_BLOCK_ROWS,
-                 compute_error: bool = True, num_threads: int = 0) -> tuple[np.ndarray, ReuseStats]:
+                 centered: bool = False, compute_error: bool = True,
+                 num_threads: int = 0) -> tuple[np.ndarray, ReuseStats]:
     """Conv2d (NCHW, groups=1) with deep reuse. weight [M, C, R, S] float32.
 
     share="pixel": a sub-vector is a chunk of sub_len channels of one input pixel, i.e. the
@@ -124,6 +160,7 @@ def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
     block_rows input pixels (whole images). Stats count clusters per input pixel.
     share="im2col": reuse_matmul on the (c, r, s)-ordered im2col matrix, sub-vectors of
     sub_len consecutive columns, clustered per im2col position.
+    centered: hash thresholds through the data's centre (see centered_thresholds).
     """
     if share not in ("pixel", "im2col"):
         raise ValueError(f"share must be 'pixel' or 'im2col', got {share!r}")
@@ -141,30 +178,43 @@ def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
         cols, P, Q = im2col(x, R, S, stride, pad)
         Wm = np.ascontiguousarray(weight.reshape(M, C * R * S).T)
         Y, stats = reuse_matmul(cols, Wm, sub_len, n_hashes, seed, block_rows=block_rows,
-                                compute_error=compute_error, num_threads=num_threads)
+                                centered=centered, compute_error=compute_error,
+                                num_threads=num_threads)
     else:
         N, _, H, Wd = x.shape
         proj = projections(C, int(n_hashes), seed)
         block_imgs = max(1, block_rows // max(H * Wd, 1))
-        Y, P, Q, clusters, zeros = reuse_conv_kernel(x, weight, proj, int(sub_len), int(stride),
-                                                     int(pad), block_imgs, int(num_threads))
+        thr = None
+        if centered and N and isinstance(sub_len, (int, np.integer)) and 1 <= sub_len <= C:
+            n_px = N * H * Wd
+            pick = np.random.default_rng([seed, 2]).choice(n_px, min(n_px, CALIB_ROWS), replace=False)
+            n_i, rest = np.divmod(pick, H * Wd)
+            pixels = x[n_i, :, rest // Wd, rest % Wd]                  # [n, C], no full copy
+            thr = centered_thresholds(pixels, proj, int(sub_len), seed)
+        y, clusters, zeros = reuse_conv_kernel(
+            x, weight, proj, int(sub_len), int(stride), int(pad), block_imgs, int(num_threads),
+            thr, None if bias is None else bias.astype(np.float32))
         lens = np.diff(np.minimum(np.arange(0, C + sub_len, sub_len), C))[: clusters.shape[1]]
         n_sub = max(N * H * Wd * len(lens), 1)
         err = None
         if compute_error:
-            cols, _, _ = im2col(x, R, S, stride, pad)
+            cols, P, Q = im2col(x, R, S, stride, pad)
             exact = cols @ weight.reshape(M, -1).T
+            got = y.transpose(0, 2, 3, 1).reshape(exact.shape)
+            if bias is not None:
+                got = got - bias.astype(np.float32)
             denom = float(np.linalg.norm(exact))
-            err = float(np.linalg.norm(Y - exact)) / denom if denom > 0 else float(np.linalg.norm(Y))
+            err = float(np.linalg.norm(got - exact)) / denom if denom > 0 else float(np.linalg.norm(got))
         stats = ReuseStats(
             cluster_ratio=float((clusters + (zeros > 0)).sum() / n_sub),
             macs_hash=int(N * H * Wd * C * n_hashes),
             macs_product=int((clusters * lens[None, :]).sum() * R * S * M),
-            macs_dense=int(N * P * Q * C * R * S * M),
+            macs_dense=int(N * y.shape[2] * y.shape[3] * C * R * S * M),
             relative_error=err,
             zero_fraction=float(zeros.sum() / n_sub),
             sub_len=int(sub_len), n_hashes=int(n_hashes),
         )
+        return y, stats
     if bias is not None:
         Y += bias.astype(np.float32)
     y = Y.reshape(x.shape[0], P, Q, M).transpose(0, 3, 1, 2)

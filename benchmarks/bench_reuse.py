@@ -1,0 +1,240 @@
+"""Adaptive deep reuse on the conv layers of the trained digits CNN, vs dense, side by side.
+
+    python benchmarks/bench_reuse.py [--threads 2] [--repeats 15] [--epochs 20] [--write]
+
+The model is examples/digits/digits.py's DigitsCNN trained on its "hard" digits (pixel
+noise + shifts), as that example trains it; if that module cannot be imported, a CNN of the
+same shape is trained here on the same kind of data (the output says which). On the test set,
+the inputs of conv2 (16 -> 32 ch, 8x8) and conv3 (32 -> 32 ch, 4x4) are run through:
+  dense im2col: im2col + torch.matmul (float32, same thread count) + NCHW reshape;
+  torch conv2d: torch.nn.functional.conv2d (oneDNN);
+  reuse: kernels.reuse.reuse_conv2d (hashing shared across kernel offsets, share="pixel").
+Timings are medians of --repeats, measured in interleaved rounds (the dense im2col matmul
+is timed on a precomputed im2col matrix; reuse is timed whole: layout, hashing, products,
+scatter, bias); accuracy is the whole network's test accuracy with only that layer
+replaced by its reuse version. "centred" thresholds: kernels.reuse.centered_thresholds.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.reuse import im2col, reuse_conv2d
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Hashed and reuse kernels"
+# (sub_len, n_hashes, centered thresholds)
+SETTINGS = [(16, 6, False), (16, 16, False), (16, 16, True), (16, 32, True), (8, 16, True),
+            (8, 32, True), (4, 16, True), (4, 32, True), (2, 16, True)]
+
+
+def update_section(path: str, key: str, text: str) -> None:
+    """Replace the "### key" block inside SECTION of RESULTS.md (create what is missing);
+    other sections of the file are left as they are. Written atomically."""
+    body = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    if SECTION not in body:
+        body = body.rstrip("\n") + f"\n\n{SECTION}\n"
+    start = body.index(SECTION) + len(SECTION)
+    nxt = body.find("\n## ", start)
+    end = len(body) if nxt < 0 else nxt + 1
+    blocks = body[start:end].split("\n### ")
+    head, subs = blocks[0], {b.split(":", 1)[0].split("\n", 1)[0].strip(): b for b in blocks[1:]}
+    subs[key] = text.strip("\n").removeprefix("### ") + "\n"
+    new_sec = head.rstrip("\n") + "\n" + "".join("\n### " + subs[k] for k in sorted(subs))
+    body = body[:start] + new_sec + ("\n" + body[end:] if end < len(body) else "")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(body)
+    os.replace(tmp, path)
+
+
+def load_digits_example():
+    """examples/digits/digits.py as a module, or None when it is missing or broken."""
+    path = ROOT / "examples" / "digits" / "digits.py"
+    try:
+        spec = importlib.util.spec_from_file_location("digits_example", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mod.DigitsCNN, mod.make_dataset, mod.train_cnn  # noqa: B018 (the API used here)
+        return mod
+    except Exception as exc:  # any failure: fall back to the local model
+        print(f"examples/digits/digits.py unavailable ({type(exc).__name__}: {exc}); training locally")
+        return None
+
+
+class LocalCNN(nn.Module):
+    """Same shape as the example's DigitsCNN (fallback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
+        self.fc = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        x = F.relu(self.conv3(F.max_pool2d(x, 2)))
+        return self.fc(torch.flatten(x, 1))
+
+
+def local_model(epochs: int, seed: int = 0):
+    from sklearn.datasets import load_digits
+    rng = np.random.default_rng(seed)
+    d = load_digits()
+    imgs = (d.images / 16.0).astype(np.float32)
+    order = rng.permutation(len(imgs))
+    n_test = len(imgs) // 4
+    x = imgs + rng.normal(0, 0.15, imgs.shape).astype(np.float32)
+    x_tr, y_tr = x[order[n_test:], None], d.target[order[n_test:]]
+    x_te, y_te = x[order[:n_test], None], d.target[order[:n_test]]
+    torch.manual_seed(seed)
+    model = LocalCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt))
+        for i in range(0, len(xt), 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            F.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+    return model.eval(), x_te, y_te.astype(np.int64), "local CNN (same shape), clean digits + N(0, 0.15) noise"
+
+
+def forward_from(model, layer: str, x: torch.Tensor, replace=None) -> torch.Tensor:
+    """Run the CNN; when `replace` is given, it computes `layer`'s conv (pre-activation)."""
+    def conv(name, h):
+        mod = getattr(model, name)
+        return replace(h) if (replace is not None and name == layer) else mod(h)
+    h = F.relu(conv("conv2", F.relu(model.conv1(x))))
+    h = F.relu(conv("conv3", F.max_pool2d(h, 2)))
+    return model.fc(torch.flatten(h, 1))
+
+
+def layer_input(model, layer: str, x: torch.Tensor) -> torch.Tensor:
+    h = F.relu(model.conv1(x))
+    if layer == "conv2":
+        return h
+    return F.max_pool2d(F.relu(model.conv2(h)), 2)
+
+
+def medians(fns: dict, repeats: int) -> dict:
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for r in range(max(1, repeats // 3)):
+        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            time.sleep(0.02)       # let the other OpenMP runtime's threads stop spinning
+            for _ in range(3):
+                t = time.perf_counter()
+                fns[k]()
+                times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
+    torch.set_num_threads(threads)
+    mod = load_digits_example()
+    t0 = time.perf_counter()
+    if mod is not None:
+        (x, y), (x_test, y_test) = mod.make_dataset(variant, seed=0)
+        model = mod.train_cnn(x, y, epochs=epochs, seed=0)
+        source = f"examples/digits/digits.py DigitsCNN, `train_cnn(epochs={epochs})` on make_dataset('{variant}')"
+    else:
+        model, x_test, y_test, source = local_model(epochs)
+    t_train = time.perf_counter() - t0
+    xt = torch.from_numpy(x_test)
+    lines = [f"- model: {source}; trained in {t_train:.0f} s; test set {len(x_test)} images"]
+    with torch.inference_mode():
+        base_acc = float((forward_from(model, "", xt).argmax(1).numpy() == y_test).mean())
+        lines.append(f"- test accuracy, dense: {100 * base_acc:.2f}%\n")
+        for layer in ("conv2", "conv3"):
+            conv = getattr(model, layer)
+            w = conv.weight.detach().numpy().astype(np.float32)
+            b = conv.bias.detach().numpy().astype(np.float32)
+            inp = layer_input(model, layer, xt).numpy()
+            M, C, R, S = w.shape
+            wt = torch.from_numpy(np.ascontiguousarray(w.reshape(M, -1).T))
+            it = torch.from_numpy(inp)
+            n = inp.shape[0]
+
+            cols = torch.from_numpy(im2col(inp, R, S, 1, 1)[0])   # im2col itself not timed
+            fns = {"im2col": lambda: torch.matmul(cols, wt),
+                   "conv2d": lambda: F.conv2d(it, conv.weight, conv.bias, padding=1)}
+            for L, H, cen in SETTINGS:
+                if L <= C:
+                    fns[(L, H, cen)] = (lambda L=L, H=H, cen=cen: reuse_conv2d(
+                        inp, w, b, stride=1, pad=1, sub_len=L, n_hashes=H, centered=cen,
+                        compute_error=False, num_threads=threads))
+            med = medians(fns, repeats)
+            lines.append(f"**{layer}** ({C} -> {M} ch, {inp.shape[2]}x{inp.shape[3]}, 3x3 pad 1; "
+                         f"im2col {n * inp.shape[2] * inp.shape[3]} x {C * R * S} times {C * R * S} x {M}): "
+                         f"dense im2col matmul {med['im2col'] * 1e3:.2f} ms, torch conv2d (whole layer) "
+                         f"{med['conv2d'] * 1e3:.2f} ms\n")
+            lines.append("| sub_len | H | thresholds | reuse ms (whole layer) | vs im2col matmul | vs conv2d "
+                         "| r_c (per pixel) | zero chunks | MACs exec / dense | rel. error | accuracy (pts vs dense) |")
+            lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+            for key in fns:
+                if not isinstance(key, tuple):
+                    continue
+                L, H, cen = key
+                _, st = reuse_conv2d(inp, w, b, stride=1, pad=1, sub_len=L, n_hashes=H,
+                                     centered=cen, num_threads=threads)
+
+                def replaced(h, L=L, H=H, cen=cen):
+                    y, _ = reuse_conv2d(h.numpy(), w, b, stride=1, pad=1, sub_len=L, n_hashes=H,
+                                        centered=cen, compute_error=False, num_threads=threads)
+                    return torch.from_numpy(y)
+                acc = float((forward_from(model, layer, xt, replaced).argmax(1).numpy() == y_test).mean())
+                lines.append(
+                    f"| {L} | {H} | {'centred' if cen else 'sign (0)'} | {med[key] * 1e3:.2f} "
+                    f"| {med['im2col'] / med[key]:.2f}x "
+                    f"| {med['conv2d'] / med[key]:.2f}x | {st.cluster_ratio:.3f} | {st.zero_fraction:.2f} "
+                    f"| {1 / st.mac_ratio:.3f} | {st.relative_error:.3f} "
+                    f"| {100 * acc:.2f}% ({100 * (acc - base_acc):+.2f}) |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--variant", default="hard", choices=["hard", "clean"],
+                    help="digits data of examples/digits/digits.py")
+    ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    load0 = os.getloadavg()
+    body = run(args.threads, args.repeats, args.epochs, args.variant)
+    load1 = os.getloadavg()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+               platform.processor())
+    text = (f"### bench_reuse ({args.variant} digits, {args.threads} thread(s)): deep reuse on the "
+            f"digits CNN's conv layers\n\n"
+            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {cpu}, "
+            f"{os.cpu_count()} cores; torch {torch.__version__}, {args.threads} threads for both\n"
+            f"- command: `python benchmarks/bench_reuse.py --threads {args.threads} --repeats {args.repeats} "
+            f"--epochs {args.epochs} --variant {args.variant}`\n"
+            f"- load average before / after: {load0[0]:.2f} / {load1[0]:.2f}\n"
+            f"- target: >= 1.5x over the dense im2col matmul on a conv layer, accuracy within 0.5 points\n"
+            + body + "\n")
+    print(text)
+    if args.write:
+        update_section(str(ROOT / "benchmarks" / "RESULTS.md"),
+                       f"bench_reuse ({args.variant} digits, {args.threads} thread(s))", text)
+
+
+if __name__ == "__main__":
+    main()
