@@ -125,7 +125,10 @@ def file_digest(path: str | Path) -> str:
 
 def fingerprint(cell: Cell, digests: dict[str, str], prune_options, validate: bool) -> str:
     """A hash of everything that decides a cell's result (its key, seed, the input files'
-    contents, the options); a stored result is reused only if this matches."""
+    contents, the options); a stored result is reused only if this matches. A dense cell
+    neither prunes nor compares torch with onnxruntime, so those options do not enter it."""
+    if cell.is_dense:
+        prune_options, validate = (), False
     payload = json.dumps({"cell": asdict(cell), "files": digests, "prune": [list(kv) for kv in prune_options],
                           "validate": validate}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

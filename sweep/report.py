@@ -192,6 +192,6 @@ def write_report(sweep) -> ReportData:
         lines += ["## Failed cells", "", "| cell | error |", "|---|---|"]
         lines += [f"| {r.key} | {r.error.replace('|', '/')} |" for r in failed]
         lines.append("")
-    atomic_write_text(out / "plots.json", json.dumps(plots, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(out / "plots.json", json.dumps(plots, indent=1) + "\n")
     path = atomic_write_text(out / "report.md", "\n".join(lines).rstrip("\n") + "\n")
     return ReportData(path=path, plots=plots, wall_s=time.perf_counter() - started)

@@ -46,7 +46,7 @@ class CellStore:
         return self.dir / f"{slug}.json"
 
     def save(self, result: CellResult) -> Path:
-        return atomic_write_text(self.path(result.slug), json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n")
+        return atomic_write_text(self.path(result.slug), json.dumps(result.to_dict(), indent=1) + "\n")
 
     def load(self, slug: str) -> CellResult | None:
         """The stored result of a cell, or None if there is none (or it cannot be read)."""
@@ -87,4 +87,4 @@ def timings_csv(results: Iterable[CellResult]) -> str:
 
 
 def results_json(results: Iterable[CellResult]) -> str:
-    return json.dumps([r.to_dict(timings=False) for r in results], indent=1, sort_keys=True) + "\n"
+    return json.dumps([r.to_dict(timings=False) for r in results], indent=1) + "\n"
