@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 from energy.errors import ModelError
 from energy.ir import Graph, Layer, OpKind
-from energy.opset import OP_TABLE, NodeView, TensorFacts
+from energy.opset import JOULECUT_DOMAIN, JOULECUT_TABLE, OP_TABLE, NodeView, TensorFacts, hashed_linear_output_shape
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # Ops whose output is not a function of their inputs: never constant-folded.
@@ -88,8 +88,47 @@ def load_model(
                         layer_nodes=MappingProxyType(layer_nodes))
 
 
+def _declare_joulecut_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx cannot infer the outputs of joulecut's own ops: declare them (X[..., in] @ W^T gives
+    [..., out]) pass by pass until every such output has a shape, then infer the rest."""
+    custom = [n for n in proto.graph.node if n.domain == JOULECUT_DOMAIN and n.op_type in JOULECUT_TABLE]
+    inits = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    model = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    for _ in range(len(custom)):
+        shapes = {v.name: v for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+
+        def shape_of(name: str) -> tuple[int, ...] | None:
+            if name in inits:
+                return inits[name]
+            info = shapes.get(name)
+            if info is None or not info.type.tensor_type.HasField("shape"):
+                return None
+            dims = info.type.tensor_type.shape.dim
+            return tuple(d.dim_value for d in dims) if all(d.HasField("dim_value") for d in dims) else None
+
+        added = False
+        for node in custom:
+            out = node.output[0]
+            x, w = shape_of(node.input[0]), shape_of(node.input[1])
+            if shape_of(out) is None and x is not None and w is not None:
+                info = onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, list(hashed_linear_output_shape(x, w)))
+                kept = [v for v in proto.graph.value_info if v.name != out]
+                del proto.graph.value_info[:]
+                proto.graph.value_info.extend(kept + [info])
+                added = True
+        if not added:
+            break
+        model = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    return model
+
+
 def _infer_shapes(proto: onnx.ModelProto, file: str) -> tuple[onnx.ModelProto, ModelError | None]:
     """Strict shape inference; when it fails, the lenient result and the strict error."""
+    if any(n.domain == JOULECUT_DOMAIN for n in proto.graph.node):
+        try:
+            return _declare_joulecut_shapes(proto), None
+        except Exception as exc:
+            raise _onnx_error(exc, file, "shapes cannot be inferred") from None
     try:
         return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True), None
     except Exception as exc:
@@ -150,10 +189,15 @@ def _check_wiring(proto: onnx.ModelProto, file: str) -> None:
         defined.update(t for t in node.output if t)
 
 
+def _known(node: onnx.NodeProto) -> bool:
+    return ((node.domain in _DEFAULT_DOMAINS and node.op_type in OP_TABLE)
+            or (node.domain == JOULECUT_DOMAIN and node.op_type in JOULECUT_TABLE))
+
+
 def _check_ops(proto: onnx.ModelProto, file: str, strict: bool) -> list[str]:
     warnings = []
     for index, node in enumerate(proto.graph.node):
-        if node.domain in _DEFAULT_DOMAINS and node.op_type in OP_TABLE:
+        if _known(node):
             continue
         label = node.name or f"{node.op_type}_{index}"
         op = f"{node.domain}.{node.op_type}" if node.domain not in _DEFAULT_DOMAINS else node.op_type
@@ -318,7 +362,7 @@ def _build(proto: onnx.ModelProto, file: str, graph_name: str) -> tuple[Graph, d
     layer_nodes: dict[str, int] = {}
     for index, (node, name) in enumerate(zip(proto.graph.node, layer_names(proto.graph))):
         view = NodeView(node, name, facts)
-        known = node.domain in _DEFAULT_DOMAINS and node.op_type in OP_TABLE
+        known = _known(node)
         if node.output and all(t in facts.constants for t in node.output if t):
             # Computed from constants only: folded before the model runs, so it costs nothing.
             layer = Layer(name=name, op=OpKind.SHAPE, onnx_op=node.op_type)
@@ -336,7 +380,8 @@ def _cost(view: NodeView, known: bool) -> Layer:
     """The handler's layer; an unknown op is data movement of its inputs and outputs."""
     try:
         if known:
-            return OP_TABLE[view.op](view)
+            table = JOULECUT_TABLE if view.node.domain == JOULECUT_DOMAIN else OP_TABLE
+            return table[view.op](view)
         _require_static_outputs(view)
         return OP_TABLE["Concat"](view).replace(onnx_op=view.op)
     except ModelError:

@@ -28,9 +28,10 @@ class OpKind(Enum):
     NORM = "norm"  # LayerNormalization, Softmax (a few ops per element plus a reduction)
     DATA_MOVEMENT = "data_movement"  # Concat, Split, Transpose, Gather, Slice, and unknown ops
     SHAPE = "shape"  # Reshape, Flatten, Squeeze, Identity, Shape ...: zero cost
+    HASHED = "hashed"  # joulecut.HashedLinear: an LSH-selected fully connected layer (SLIDE)
 
 
-MAC_KINDS = frozenset({OpKind.CONV, OpKind.CONV_TRANSPOSE, OpKind.GEMM, OpKind.MATMUL})
+MAC_KINDS = frozenset({OpKind.CONV, OpKind.CONV_TRANSPOSE, OpKind.GEMM, OpKind.MATMUL, OpKind.HASHED})
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,14 @@ class Layer:
     input_elements: int = 0
     output_elements: int = 0
     ops_per_element: float = 0.0
+    # Hashed layers only: hash bits per table, tables, mean fraction of outputs active per sample.
+    hash_bits: int = 0
+    hash_tables: int = 0
+    active_fraction: float = 1.0
+    batched: bool = True  # each active weight row loaded once for all samples that chose it
 
     def __post_init__(self) -> None:
-        for name in ("weight_density", "input_density"):
+        for name in ("weight_density", "input_density", "active_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"layer {self.name}: {name} must be in [0, 1], got {value}")

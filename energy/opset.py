@@ -467,3 +467,36 @@ def _table() -> dict[str, Handler]:
 
 OP_TABLE: Mapping[str, Handler] = MappingProxyType(_table())
 """op_type (default ONNX domain) -> handler; read-only."""
+
+
+# --- joulecut's own domain ---------------------------------------------------------------------
+JOULECUT_DOMAIN = "joulecut"
+
+
+def hashed_linear(view: NodeView) -> Layer:
+    """joulecut.HashedLinear(X[..., in], W[out, in], B[out], hash parameters...): a SLIDE layer.
+    Dims as the Gemm X @ W^T; K, L and the measured active fraction come from its attributes."""
+    x, w, y = view.input(0), view.input(1), view.output()
+    x_shape, w_shape = view.shape(x), view.shape(w)
+    if len(w_shape) != 2 or x_shape[-1] != w_shape[1]:
+        raise view.error(f"HashedLinear needs X[..., in] and W[out, in], got {list(x_shape)} and {list(w_shape)}")
+    active = float(view.attr("active_fraction", 1.0))
+    if not 0.0 < active <= 1.0:
+        raise view.error(f"HashedLinear attribute active_fraction must be in (0, 1], got {active}")
+    name, density, bits = view.weight(w, axis=1)
+    return Layer(
+        name=view.name, op=OpKind.HASHED, onnx_op=f"{JOULECUT_DOMAIN}.{view.op}", inputs=view.activation_inputs(),
+        outputs=view.outputs(), dims=LoopDims(N=math.prod(x_shape[:-1]), C=w_shape[1], M=w_shape[0]),
+        weight=name, weight_density=density, weight_bits=bits, input_bits=view.activation_bits(x),
+        output_bits=view.result_bits(y), input_elements=view.elements(x), output_elements=view.elements(y),
+        hash_bits=int(view.attr("K", 0)), hash_tables=int(view.attr("L", 0)), active_fraction=active,
+        batched=view.attr("mode", "batched") == "batched",
+    )
+
+
+def hashed_linear_output_shape(x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(x_shape[:-1]) + (w_shape[0],)
+
+
+JOULECUT_TABLE: Mapping[str, Handler] = MappingProxyType({"HashedLinear": hashed_linear})
+"""op_type (joulecut domain) -> handler; read-only."""
