@@ -44,6 +44,25 @@ def test_from_dense_round_trips(name, make):
     assert W.density == pytest.approx(np.count_nonzero(w) / w.size)
 
 
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(0, 12), k=st.integers(1, 12), n=st.integers(1, 70), seed=st.integers(0, 2**31))
+def test_csr_raw_arrays_unsorted_with_duplicates(m, k, n, seed):
+    """Any valid raw CSR (column order free, repeats summed) gives to_dense() @ X."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 2 * k, m)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    indices = rng.integers(0, k, int(indptr[-1])).astype(np.int32)
+    data = rng.standard_normal(int(indptr[-1])).astype(np.float32)
+    W = CSRMatrix(indptr, indices, data, (m, k))
+    dense = np.zeros((m, k))
+    for i in range(m):
+        for p in range(indptr[i], indptr[i + 1]):
+            dense[i, indices[p]] += data[p]
+    np.testing.assert_allclose(W.to_dense(), dense, rtol=1e-5, atol=1e-5)
+    x = rng.standard_normal((k, n)).astype(np.float32)
+    assert_close(spmm(W, x, threads=2), dense @ x)
+
+
 def test_csr_from_dense_layout_by_hand():
     w = np.array([[0, 2, 0], [0, 0, 0], [1, 0, 3]], dtype=np.float32)
     W = CSRMatrix.from_dense(w)
