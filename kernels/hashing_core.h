@@ -307,6 +307,7 @@ static void jc_mark(const uint32_t *qcodes, int64_t B, int L, int code_bits, int
                 const int32_t *tid = ids + (int64_t)l * N;
                 const uint32_t *tco = ecodes + (int64_t)l * N;
                 for (int32_t e = off[s]; e < off[s + 1]; e++) {
+                    if (e + 8 < off[s + 1]) __builtin_prefetch(bw + tid[e + 8], 1);
                     if (tco[e] != c) continue;
                     const int32_t n = tid[e];
                     if (bw[n] & mask) continue;
@@ -346,6 +347,11 @@ static void jc_grouped_dots(const uint64_t *bits, const float *x, int64_t B, int
             }
             if (k == 0) continue;
             dist++;
+            /* the rows come in order but with gaps: prefetch a few rows ahead */
+            if (n + 6 < n1) {
+                const char *ahead = (const char *)(W + (n + 6) * d);
+                for (int64_t c = 0; c < d * 4; c += 64) __builtin_prefetch(ahead + c);
+            }
             const float *wr = W + n * d;
             const float bn = bias ? bias[n] : 0.0f;
             int64_t i = 0;

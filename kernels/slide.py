@@ -347,8 +347,11 @@ def choose_k_l(weight: np.ndarray, calib_x: np.ndarray, target_active_fraction: 
         frac = layer.tables.prefix_union_sizes(q).mean(axis=0) / n_out  # [L_max]
         reach = np.flatnonzero(frac >= target_active_fraction)
         L = int(reach[0]) + 1 if reach.size else L_max
-        small = HashedLinear(weight, bias, family=family, K=K, L=L, seed=seed, **kwargs)
-        candidates.append((K, L, float(frac[L - 1]), small.recall_at_k(calib_x, k_recall)))
+        # the first L tables of this layer are the tables of a layer with L tables
+        small = _h.BucketTables(np.ascontiguousarray(layer._codes[:, :L]), layer.code_bits)
+        indptr, idx = small.active_sets(np.ascontiguousarray(q[:, :L]))
+        hits = sum(np.isin(top[b], idx[indptr[b]:indptr[b + 1]]).sum() for b in range(len(top)))
+        candidates.append((K, L, float(frac[L - 1]), hits / top.size))
     near = [c for c in candidates if 0.8 <= c[2] / target_active_fraction <= 1.25]
     best = max(near, key=lambda c: (c[3], -abs(c[2] - target_active_fraction))) if near else \
         min(candidates, key=lambda c: abs(np.log(max(c[2], 1e-12) / target_active_fraction)))
