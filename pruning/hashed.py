@@ -149,11 +149,12 @@ class HashedLayer:
     n_out: int
     family: str
     K: int
-    L: int
+    L: int  # tables after fine-tuning (L re-fitted to the target after each epoch)
     seed: int
+    L_chosen: int  # tables choose_k_l picked on the source weights
     target_active_fraction: float
-    active_fraction_chosen: float  # from choose_k_l, before fine-tuning
-    active_fraction: float  # after fine-tuning (what the ONNX attribute says)
+    active_fraction_chosen: float  # from choose_k_l, before fine-tuning (with L_chosen tables)
+    active_fraction: float  # after fine-tuning and re-fitting L (what the ONNX attribute says)
     recall: float  # recall@k_recall of the true top-k outputs, after fine-tuning
     k_recall: int
     candidates: tuple[tuple[int, int, float, float], ...] = ()  # (K, L, fraction, recall) tried
@@ -247,18 +248,24 @@ def _layer_input(module: OnnxModule, name: str, x: torch.Tensor, batch: int = 51
 
 # --- fine-tuning ------------------------------------------------------------------------------
 def finetune_sparse(module: nn.Module, hashed: list[HashedLinearModule], x: torch.Tensor, y: torch.Tensor, *,
-                    epochs: float, lr: float = 1e-3, batch_size: int = 64, rehash_every: int = 10,
+                    epochs: float, lr: float = 1e-3, hashed_lr: float | None = None,
+                    batch_size: int = 64, rehash_every: int = 10,
                     seed: int = 0, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
     """Adam on cross-entropy. In the hashed layers only the rows (and biases) of neurons active
     in a batch move in that step (the other rows are put back after the optimizer step, so
     Adam's momentum cannot move them); the changed rows are rehashed every ``rehash_every``
-    steps and every row at the end. Returns the mean loss of each (partial) epoch."""
+    steps and every row at the end. ``hashed_lr`` (default ``lr``) is the hashed layers' rate;
+    0 keeps them (and their active sets) fixed while the other layers adapt. Returns the mean loss of each (partial) epoch."""
     if epochs <= 0 or len(x) == 0:
         return []
     if rehash_every < 1:
         raise OptionError(f"rehash_every must be >= 1, got {rehash_every}")
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+    own = {id(p) for h in hashed for p in (h.weight, h.bias)}
+    rest = [p for p in module.parameters() if id(p) not in own]
+    groups = [{"params": rest}] + ([{"params": [p for h in hashed for p in (h.weight, h.bias)],
+                                      "lr": lr if hashed_lr is None else hashed_lr}] if hashed else [])
+    optimizer = torch.optim.Adam(groups, lr=lr)
     steps_per_epoch = -(-len(x) // batch_size)
     total = max(1, int(round(epochs * steps_per_epoch)))
     changed = [np.zeros(h.out_features, dtype=bool) for h in hashed]
@@ -315,9 +322,11 @@ def to_hashed(
     eval=None,
     finetune_epochs: float = 3.0,
     lr: float = 1e-3,
+    hashed_lr: float | None = None,
     batch_size: int = 64,
     rehash_every: int = 10,
     L_max: int = 64,
+    K_range: tuple[int, int] | None = None,
     k_recall: int = 10,
     progress: Callable[[str], None] | None = None,
 ) -> HashedResult:
@@ -328,7 +337,9 @@ def to_hashed(
     inputs over ``calib_x`` (model inputs, N x ...), aiming at ``target_active_fraction`` of the
     outputs active per sample; layers after a converted one see the converted model's
     activations. Then, with ``train`` = (x, y) (arrays or batches), ``finetune_epochs`` of
-    sparse-update fine-tuning (``finetune_sparse``). ``eval`` = (x, y) gives the accuracies.
+    sparse-update fine-tuning (``finetune_sparse``), one epoch at a time, each followed by
+    re-fitting L (K kept) to the target on the calibration data. ``eval`` = (x, y) gives the
+    accuracies. ``L_max``, ``K_range`` and ``k_recall`` go to ``choose_k_l``.
     ``mode`` is the execution mode written to ONNX ("batched" | "per-sample").
 
     Raises OptionError (bad target, family, mode, unknown layer name), ModelError (a layer that
@@ -363,7 +374,8 @@ def to_hashed(
         w = linear.weight.detach().numpy().astype(np.float32)
         b = linear.bias.detach().numpy().astype(np.float32) if linear.bias is not None else None
         try:
-            K, L, info = choose_k_l(w, xin, target, family=family, seed=seed, bias=b, L_max=L_max, k_recall=k_recall)
+            K, L, info = choose_k_l(w, xin, target, family=family, seed=seed, bias=b, L_max=L_max, k_recall=k_recall,
+                                    K_range=K_range)
         except ValueError as exc:
             raise ModelError(f"cannot hash this layer: {exc}", file=source, node=name) from exc
         say(f"{name}: K={K} L={L} active {info['active_fraction']:.3f} recall@{k_recall} {info['recall']:.3f}")
@@ -373,17 +385,25 @@ def to_hashed(
     accuracy_hashed = acc()
     history: list[float] = []
     if train_xy is not None and finetune_epochs > 0:
-        history = finetune_sparse(module, list(hashed.values()), *train_xy, epochs=finetune_epochs, lr=lr,
-                                  batch_size=batch_size, rehash_every=rehash_every, seed=seed,
-                                  on_epoch=lambda e, loss: say(f"fine-tune epoch {e}: loss {loss:.4f}"))
+        # one epoch at a time; after each, L is re-fitted to the target (training moves the
+        # weight rows' codes, and with them the active fraction)
+        rounds = int(np.ceil(finetune_epochs))
+        for r in range(rounds):
+            history += finetune_sparse(module, list(hashed.values()), *train_xy,
+                                       epochs=min(1.0, finetune_epochs - r), lr=lr, hashed_lr=hashed_lr,
+                                       batch_size=batch_size,
+                                       rehash_every=rehash_every, seed=seed + r)
+            for name in order:
+                L = hashed[name].recalibrate(_layer_input(module, name, calib), target, L_max)
+                say(f"fine-tune epoch {r + 1}: loss {history[-1]:.4f}; {name}: L={L}")
     accuracy_after = acc() if history else accuracy_hashed
     results: dict[str, HashedLayer] = {}
     for name in order:
-        h, (K, L, info) = hashed[name], chosen[name]
+        h, (K, L0, info) = hashed[name], chosen[name]
         xin = _layer_input(module, name, calib)
         results[name] = HashedLayer(
             name=name, op=next(s.op for s in module.steps if s.name == name), n_in=h.in_features,
-            n_out=h.out_features, family=family, K=K, L=L, seed=seed,
+            n_out=h.out_features, family=family, K=K, L=h.L, seed=seed, L_chosen=L0,
             target_active_fraction=float(target_active_fraction),
             active_fraction_chosen=float(info["active_fraction"]), active_fraction=h.active_fraction(xin),
             recall=float(h.tables.recall_at_k(xin, min(k_recall, h.out_features))), k_recall=min(k_recall, h.out_features),
