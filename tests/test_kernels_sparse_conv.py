@@ -69,6 +69,7 @@ def test_conv2d_sparse_matches_references(case, fmt):
     rng = np.random.default_rng(CASES.index(case) * 3 + ["csr", "bsr4x1", "bsr4x4"].index(fmt))
     x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
     w = sparse_weight((m, c // groups, *ks), 0.3, rng)
+    w[0] = 0.0  # an empty first row of W (a pruned output channel)
     b = rng.standard_normal(m).astype(np.float32)
     flat = w.reshape(m, -1)
     mg = m // groups
