@@ -121,12 +121,18 @@ def magnitude(ctx: Context, state: PruneState, target_pj: float, mode: str = "gl
             lo = mid
         else:
             hi = mid
-    chosen = levels(lo)
-    if getattr(units, "kind", "") == "channel":
-        units.apply_counts(state, {u: units.count(u, v) for u, v in chosen.items()}, restore=False)
-    else:
-        for u, v in chosen.items():
-            units.apply(state, u, v, restore=False)
+    original = state
+    for _ in range(100):  # block masks round to whole blocks: back off until the budget holds
+        state = original.copy()
+        chosen = levels(lo)
+        if getattr(units, "kind", "") == "channel":
+            units.apply_counts(state, {u: units.count(u, v) for u, v in chosen.items()}, restore=False)
+        else:
+            for u, v in chosen.items():
+                units.apply(state, u, v, restore=False)
+        if ctx.energy(state) <= target_pj or lo <= 0.0:
+            break
+        lo *= 0.98
     ctx.log(state, f"magnitude ({mode}) prune", accuracy=ctx.evaluate(state.module), note=f"kept fraction {lo:.3f} of {'weights' if units.kind != 'channel' else 'channel score mass'}")
     ctx.tune(state, ctx.finetune_epochs)
     ctx.log(state, "fine-tune", accuracy=ctx.evaluate(state.module))

@@ -278,22 +278,11 @@ def fold_constant_identities(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def node_names(graph: onnx.GraphProto) -> list[str]:
-    """Node names as the energy importer names its layers: the node name, or
-    ``{op_type}_{index}`` when empty or already taken (same rule as energy.importer)."""
-    explicit = {n.name for n in graph.node if n.name}
-    names: list[str] = []
-    taken: set[str] = set()
-    for index, node in enumerate(graph.node):
-        name = node.name
-        if not name or name in taken:
-            name = f"{node.op_type}_{index}"
-            suffix = 1
-            while name in taken or name in explicit:
-                name = f"{node.op_type}_{index}_{suffix}"
-                suffix += 1
-        taken.add(name)
-        names.append(name)
-    return names
+    """Node names exactly as the energy importer names its layers (``energy.importer.layer_names``):
+    the node name, or ``{op_type}_{index}`` when empty or already taken."""
+    from energy.importer import layer_names
+
+    return layer_names(graph)
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:

@@ -7,6 +7,7 @@ down. The same interface costs a proposal in the IR (``graph``) and applies it t
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -90,6 +91,7 @@ class WeightUnits(Units):
         self.min_density = min_density
         self._units = [n for n, m in base.node_modules.items()
                        if isinstance(m, (nn.Conv2d, nn.Linear)) and n in energy.graph]
+        self._numel = {n: base.layer(n).weight.numel() for n in self._units}
 
     def units(self) -> list[str]:
         return list(self._units)
@@ -102,13 +104,15 @@ class WeightUnits(Units):
 
     def level(self, state: PruneState, unit: str) -> float:
         mask = state.masks.get(unit)
-        return 1.0 if mask is None else float(mask.float().mean())
+        return 1.0 if mask is None else int(mask.sum()) / mask.numel()
 
     def min_level(self, unit: str) -> float:
         return self.min_density
 
     def snap(self, unit: str, level: float) -> float:
-        return max(self.min_density, min(1.0, level))
+        """The nearest density a mask can have (whole weights), within [min_density, 1]."""
+        n = self._numel[unit]
+        return max(math.ceil(self.min_density * n), min(n, round(level * n))) / n
 
     def graph(self, state: PruneState, override: dict | None = None) -> Graph:
         levels = {u: self.level(state, u) for u in self._units if u in state.masks}

@@ -15,7 +15,7 @@ import torch
 from energy import estimate, load_model
 from energy.errors import DataError
 from hwspecs import load_spec
-from hwspecs.spec import Operand, OperandSparsity, SparseFormat, SparsityAction
+from hwspecs.spec import Operand, SparsityAction
 from pruning.api import PruningResult, prune
 from pruning.budget import BudgetError
 from pruning.export import verify_onnx
@@ -46,9 +46,16 @@ def eyeriss():
 
 @pytest.fixture(scope="module")
 def weight_skip_spec(eyeriss):
-    """Eyeriss plus zero-weight skipping with CSR-coded weights, so weight sparsity saves energy."""
-    sparse = OperandSparsity(SparsityAction.SKIP, SparseFormat.CSR, 4)
-    return dataclasses.replace(eyeriss, name="eyeriss+weight-skip", sparsity=eyeriss.sparsity + ((Operand.WEIGHTS, sparse),))
+    """A spec on which zero weights save energy (the eyeriss preset skips them, as Yang et al. assume)."""
+    assert eyeriss.operand_sparsity(Operand.WEIGHTS).action is SparsityAction.SKIP
+    return eyeriss
+
+
+@pytest.fixture(scope="module")
+def dense_weights_spec(eyeriss):
+    """Eyeriss without any zero-weight support: weight sparsity saves nothing there."""
+    return dataclasses.replace(eyeriss, name="eyeriss-dense-weights",
+                               sparsity=tuple((op, sp) for op, sp in eyeriss.sparsity if op is not Operand.WEIGHTS))
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +148,12 @@ def _never(module):
     raise AssertionError("evaluated: training started before the budget was checked")
 
 
-def test_unreachable_budgets_fail_before_training(trained, eyeriss):
+def test_unreachable_budgets_fail_before_training(trained, eyeriss, dense_weights_spec):
     data = (trained["x"], trained["y"])
     with pytest.raises(BudgetError, match="neither gates nor skips zero weights"):
-        prune(trained["path"], eyeriss, budget="50%", granularity="weight", train=data, evaluate_fn=_never)
+        prune(trained["path"], dense_weights_spec, budget="50%", granularity="weight", train=data, evaluate_fn=_never)
+    with pytest.raises(BudgetError, match="cannot be met"):
+        prune(trained["path"], eyeriss, budget="1%", granularity="weight", train=data, evaluate_fn=_never)
     with pytest.raises(BudgetError, match=r"cannot be met.*% of the dense"):
         prune(trained["path"], eyeriss, budget="1%", granularity="channel", train=data, evaluate_fn=_never)
     with pytest.raises(BudgetError, match="cannot be met"):
