@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 import traceback
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from sweep.config import Cell
 
 PHASES = ("load", "estimate", "prune", "export", "validate")
 VALIDATE_SAMPLES = 64  # inputs compared between onnxruntime and torch
+KERNEL_REPEATS = 3  # timed runs of the test set on the kernels (medians)
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,11 @@ class CellJob:
 class CellResult:
     """What a cell produced. Energies in pJ per inference (batch 1), accuracies in [0, 1] on the
     model's test set in onnxruntime; ``levels_pj`` / ``dense_levels_pj`` are the energy by memory
-    level (and ``MAC`` for compute) after / before pruning. ``timings_s``: seconds per phase."""
+    level (and ``MAC`` for compute) after / before pruning. With validation, ``max_abs_diff`` is
+    onnxruntime vs torch on the pruned model and ``kernel_rel_error`` joulecut's kernels vs
+    onnxruntime (pruning.validate). ``timings_s``: seconds per phase; ``measured_s``: median
+    whole-model times of the pruned model on the kernels, dense on the kernels, and onnxruntime
+    (neither enters comparisons or the results table: they are not deterministic)."""
 
     model: str
     device: str
@@ -60,9 +66,11 @@ class CellResult:
     onnx_bytes: int | None = None
     onnx: str = ""
     max_abs_diff: float | None = None
+    kernel_rel_error: float | None = None
     dense_levels_pj: dict[str, float] = field(default_factory=dict)
     levels_pj: dict[str, float] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict, compare=False)
+    measured_s: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def cell(self) -> Cell:
@@ -91,6 +99,7 @@ class CellResult:
         d["key"] = self.key
         if not timings:
             d.pop("timings_s")
+            d.pop("measured_s")
         return d
 
     @classmethod
@@ -108,6 +117,7 @@ class CellResult:
             "target_pj": self.target_pj, "dense_accuracy": self.dense_accuracy, "accuracy": self.accuracy,
             "samples_trained": self.samples_trained, "onnx_bytes": self.onnx_bytes,
             "max_abs_diff": None if self.max_abs_diff is None else float(f"{self.max_abs_diff:.2e}"),
+            "kernel_rel_error": None if self.kernel_rel_error is None else float(f"{self.kernel_rel_error:.2e}"),
         }
         row.update({f"dense_{k}_pj": v for k, v in self.dense_levels_pj.items()})
         row.update({f"{k}_pj": v for k, v in self.levels_pj.items()})
@@ -153,6 +163,21 @@ def _accuracy(path: str | Path, x, y) -> float:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     logits = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
     return float((logits.argmax(axis=1) == y).mean())
+
+
+def _with_batch(path: Path, batch: int, out: Path) -> Path:
+    """A copy of ONNX ``path`` whose symbolic batch dims are ``batch`` (pruning.validate imports
+    the model without a batch option, so a symbolic batch would stop it)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {t.name for t in model.graph.initializer}
+    for value in [*(i for i in model.graph.input if i.name not in inits), *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = batch
+    onnx.save(model, str(out))
+    return out
 
 
 def run_cell(job: CellJob) -> CellResult:
@@ -213,7 +238,15 @@ def _run(job: CellJob, timings: dict[str, float]) -> dict[str, Any]:
     with _timed(timings, "validate"):
         values["accuracy"] = _accuracy(path, x_test, y_test)
         if job.validate:
+            from pruning.validate import validate
+
             values["max_abs_diff"] = verify_onnx(path, result.module, torch.from_numpy(x_test[:VALIDATE_SAMPLES]))
+            with tempfile.TemporaryDirectory() as tmp:
+                static = _with_batch(path, len(x_test), Path(tmp) / path.name)
+                check = validate(static, spec, data=job.test_path, repeats=KERNEL_REPEATS, threads=1, seed=cell.seed)
+            values["kernel_rel_error"] = float(check.max_rel_error)
+            values["measured_s"] = {"kernels": check.kernel_s, "kernels_dense": check.dense_s,
+                                    "onnxruntime": check.onnxruntime_s}
     values.update(energy_pj=float(pruned.total_energy_pj), target_pj=result.target_pj,
                   levels_pj={k: float(v) for k, v in pruned.level_totals_pj().items()},
                   samples_trained=int(result.samples_trained), onnx_bytes=path.stat().st_size,

@@ -14,7 +14,7 @@
     methods: [budget]            # see pruning.methods.METHODS
     granularities: [channel]     # weight, channel, block
     prune: {finetune_epochs: 1}  # extra keywords of pruning.api.prune
-    validate: true               # check each exported model in onnxruntime against torch
+    validate: true               # check each pruned model: onnxruntime vs torch, kernels vs onnxruntime
 
 Paths are relative to the config file. ``load_config`` checks everything (YAML syntax, types,
 unknown keys with a did-you-mean, unknown spec names, missing files, duplicate cells) and

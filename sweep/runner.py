@@ -46,6 +46,18 @@ class SweepResult:
     def failed(self) -> tuple[CellResult, ...]:
         return tuple(r for r in self.results if not r.ok)
 
+    def summary(self) -> str:
+        """A few lines for a terminal: counts, time, where the report is, each failed cell."""
+        ok = len(self.results) - len(self.failed)
+        lines = [f"{len(self.results)} cells: {ok} ok, {len(self.failed)} failed "
+                 f"(computed {len(self.computed)}, reused {len(self.reused)}) in {self.wall_s:.1f} s "
+                 f"on {self.backend} ({self.jobs} worker{'s' if self.jobs != 1 else ''})",
+                 f"table: {self.output / 'results.csv'}"]
+        if self.report is not None:
+            lines.append(f"report: {self.report.path}")
+        lines += [f"failed: {r.key}: {r.error}" for r in self.failed]
+        return "\n".join(lines)
+
     def phase_totals_s(self) -> dict[str, float]:
         """Seconds per phase summed over the cells computed in this call (``total`` too)."""
         computed = set(self.computed)
@@ -62,6 +74,13 @@ class SweepResult:
         wall - prepare - report - (sum of cell times) / workers."""
         report_s = getattr(self.report, "wall_s", 0.0) if self.report is not None else 0.0
         return self.wall_s - self.prepare_s - report_s - self.phase_totals_s()["total"] / max(1, self.jobs)
+
+
+def default_output(config: SweepConfig) -> Path:
+    """Where a sweep writes when neither the caller nor the config names a folder:
+    ``<config folder>/<config stem>_sweep``."""
+    file = Path(config.file)
+    return file.resolve().parent / f"{file.stem}_sweep"
 
 
 def _failed(job: CellJob, exc: BaseException) -> CellResult:
@@ -162,7 +181,7 @@ def run_sweep(
     report: bool = True,
 ) -> SweepResult:
     """Run every cell of ``config`` (a SweepConfig or a YAML path) into ``output`` (default:
-    the config's ``output``) and write ``results.csv``, ``results.json``, ``timings.csv`` and,
+    the config's ``output``, else ``<config folder>/<config stem>_sweep``) and write ``results.csv``, ``results.json``, ``timings.csv`` and,
     with ``report``, ``report.md`` with its plots.
 
     ``jobs``: worker processes (default: one per CPU, at most one per pending cell; 1 runs the
@@ -172,8 +191,7 @@ def run_sweep(
     (default: when stderr is a terminal). ``on_cell(result)`` is called after each cell is
     stored. ``cell_fn`` replaces the cell runner (it must be picklable for a pool or Ray).
 
-    Raises SweepConfigError (bad config), SweepOutputError (``output`` missing, not a folder,
-    or holding an earlier sweep's cells without ``resume``), SweepBackendError (Ray missing
+    Raises SweepConfigError (bad config), SweepOutputError (``output`` not a folder, or holding an earlier sweep's cells without ``resume``), SweepBackendError (Ray missing
     or unreachable), ModelError / DataError (a model or data file that does not load) — all
     before any cell runs.
     """
@@ -181,9 +199,7 @@ def run_sweep(
     if not isinstance(config, SweepConfig):
         config = load_config(config)
     _check_backend(ray, jobs)
-    out = Path(output) if output is not None else config.output
-    if out is None:
-        raise SweepOutputError(f"{config.file}: no output folder: set 'output' in the config or pass one")
+    out = Path(output) if output is not None else (config.output or default_output(config))
     if out.exists() and not out.is_dir():
         raise SweepOutputError(f"{out}: output must be a folder, and this is a file")
     store = CellStore(out)

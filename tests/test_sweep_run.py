@@ -229,7 +229,8 @@ def test_output_errors(setup: Path, tmp_path: Path):
     (tmp_path / "file").write_text("")
     with pytest.raises(SweepOutputError, match="must be a folder"):
         run_sweep(setup / "sweep.yaml", tmp_path / "file", cell_fn=_fake_cell)
-    with pytest.raises(SweepOutputError, match="no output folder"):
-        run_sweep(setup / "sweep.yaml", cell_fn=_fake_cell)
+    default = run_sweep(setup / "sweep.yaml", cell_fn=_fake_cell, report=False)
+    assert default.output == setup / "sweep_sweep" and (setup / "sweep_sweep" / "results.csv").is_file()
+    assert default.summary().splitlines()[0].startswith("6 cells: 6 ok, 0 failed (computed 6, reused 0) in ")
     with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
         run_sweep(setup / "sweep.yaml", tmp_path / "o", jobs=0, cell_fn=_fake_cell)
