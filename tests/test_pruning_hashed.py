@@ -193,7 +193,9 @@ def test_finetune_moves_only_rows_of_active_neurons():
 
 
 # --- a wide MLP on digits --------------------------------------------------------------------
-def test_wide_digits_mlp_keeps_accuracy(tmp_path):
+@pytest.fixture(scope="module")
+def digits_mlp(tmp_path_factory):
+    """64 -> 1024 -> 10 trained for 6 epochs on sklearn's digits (about 97 % test accuracy)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -201,11 +203,10 @@ def test_wide_digits_mlp_keeps_accuracy(tmp_path):
     y = digits.target.astype(np.int64)
     order = np.random.default_rng(0).permutation(len(x))
     x, y = x[order], y[order]
-    (xtr, ytr), (xte, yte) = (x[:1300], y[:1300]), (x[1300:], y[1300:])
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 10))
     opt = torch.optim.Adam(net.parameters(), 3e-3)
-    xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    xt, yt = torch.from_numpy(x[:1300]), torch.from_numpy(y[:1300])
     for _ in range(6):
         perm = torch.randperm(len(xt))
         for i in range(0, len(xt), 128):
@@ -213,13 +214,22 @@ def test_wide_digits_mlp_keeps_accuracy(tmp_path):
             opt.zero_grad()
             F.cross_entropy(net(xt[idx]), yt[idx]).backward()
             opt.step()
-    src = export_onnx(net, torch.zeros(1, 64), tmp_path / "mlp.onnx", dynamic_batch=True)
-    r = to_hashed(src, ["/0/Gemm"], xtr[:300], target_active_fraction=0.1, train=(xtr, ytr), eval=(xte, yte),
-                  finetune_epochs=3, hashed_lr=0.0, seed=0)
+    path = export_onnx(net, torch.zeros(1, 64), tmp_path_factory.mktemp("digits") / "mlp.onnx", dynamic_batch=True)
+    return path, (x[:1300], y[:1300]), (x[1300:], y[1300:])
+
+
+# Measured (hash seeds 0, 1, 2; dense 97.2 %): 10 % active 95.8 / 96.2 / 96.4 %, 5 % active
+# 95.4 / 93.6 / 94.6 %. The margins below leave about 1.5 points for platform noise.
+@pytest.mark.parametrize("target,margin", [(0.1, 0.03), (0.05, 0.05)])
+def test_wide_digits_mlp_keeps_accuracy(digits_mlp, target, margin, tmp_path):
+    src, (xtr, ytr), (xte, yte) = digits_mlp
+    r = to_hashed(src, ["/0/Gemm"], xtr[:300], target_active_fraction=target, train=(xtr, ytr), eval=(xte, yte),
+                  finetune_epochs=3, seed=0)
     info = r.layers["/0/Gemm"]
     assert r.accuracy_before >= 0.95
-    assert 0.05 <= info.active_fraction <= 0.125
-    assert r.accuracy_after >= r.accuracy_before - 0.03
+    assert 0.8 * target <= info.active_fraction <= 1.25 * target
+    assert r.accuracy_after >= r.accuracy_before - margin
+    assert r.accuracy_after > r.accuracy_hashed  # fine-tuning recovers part of the loss
     out = export_hashed(r, tmp_path / "mlp_hashed.onnx")
     assert verify_hashed(out, r.module, xte) <= 1e-4
     runner = GraphRunner(out)
