@@ -17,10 +17,10 @@ layers. "Active" means *in the mask*: a regrown weight counts from the moment it
 even while its value is still exactly zero.
 
 Layers: every ``nn.Linear`` / ``nn.Conv*`` of the model is sparse unless named in
-``dense_layers``. The paper keeps some layers dense (its ResNet experiments leave the first
-convolution dense, and it never sparsifies biases or batch-norm parameters); here nothing is
-dense by default and :func:`first_and_last_layers` gives the names to pass to keep the
-first and last layers dense. Biases are never masked. ``sparsity`` and ``nonzero_budget``
+``dense_layers``. The paper does not sparsify biases or batch-norm parameters and keeps some
+weight layers dense (as we recall, the first convolution and the final linear layer; that
+detail could not be checked against the paper's text here). Nothing is dense by default;
+``dense_layers=first_and_last_layers(model)`` follows that reading. Biases are never masked. ``sparsity`` and ``nonzero_budget``
 count the weights of the *sparse* layers only (dense layers are extra).
 
 Energy-targeted training: a caller that converts an energy budget into a nonzero count passes

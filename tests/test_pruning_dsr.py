@@ -239,3 +239,22 @@ def test_scale_initial_weights_by_inverse_sqrt_density():
             assert torch.allclose(m.weight[mask], 2 * ref[name][mask])
             assert torch.equal(dict(plain.named_modules())[name].weight[mask], ref[name][mask])
             assert torch.all(m.weight[~mask] == 0)
+
+
+def test_conv_model_reallocation_cadence_and_stop_after():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    t = DynamicSparseTrainer(net, sparsity=0.6, reallocate_every=3, stop_after=9,
+                             prune_fraction_per_cycle=0.2, initial_threshold=0.05, optimizer=opt)
+    assert t.masks["0"].shape == (8, 1, 3, 3)
+    x, y = torch.randn(16, 1, 6, 6), torch.randint(0, 3, (16,))
+    for _ in range(14):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        t.step()
+    assert [c.step for c in t.history] == [3, 6, 9]  # every 3 steps, none after step 9
+    assert all(sum(c.nonzeros_per_layer.values()) == t.nonzero_budget for c in t.history)
+    assert t.nonzero_budget == round(0.4 * (72 + 384))
+    assert torch.all(net[0].weight[~t.masks["0"]] == 0)
