@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 import json
 import time
 from dataclasses import dataclass, field
@@ -151,7 +152,7 @@ def _progress(progress) -> Callable[[str], None]:
     if progress is True:
         from tqdm import tqdm
 
-        return lambda message: tqdm.write(message)
+        return lambda message: tqdm.write(message, file=sys.stderr)
     return progress
 
 
@@ -174,7 +175,7 @@ def prune(
     block: tuple[int, int] = (4, 4),
     magnitude_mode: str = "global",
     restore: bool = True,
-    calib_size: int = 256,
+    calib_size: int = 1024,
     val_fraction: float = 0.2,
     batch: int = 1,
     progress: Callable[[str], None] | bool | None = None,

@@ -8,7 +8,8 @@ where the rows of X are the layer's inputs on calibration data (im2col patches f
 one row per sample and output position) and y_k is the ORIGINAL (unpruned) layer's output for
 channel k on the same data. Pruned weights stay exactly zero. The solve uses the normal
 equations on a float64 Gram matrix with a tiny ridge (1e-10 of its mean diagonal) so that
-rank-deficient inputs (dead ReLUs) stay well defined.
+rank-deficient inputs (dead ReLUs) stay well defined; with fewer than two rows per feature the
+ridge is 1e-2 of the mean diagonal instead (few calibration samples for a wide Linear layer).
 """
 from __future__ import annotations
 
@@ -75,7 +76,10 @@ def restore_layer(
                 xs, ys = Xg[start:start + _ROWS_PER_CHUNK], Yg[start:start + _ROWS_PER_CHUNK]
                 gram += xs.T @ xs
                 rhs += xs.T @ ys
-            ridge = 1e-10 * float(gram.diagonal().mean().clamp_min(1e-30))
+            # a tiny ridge when the fit is well posed; a real one when there are fewer rows than
+            # features (a Linear layer fitted on a small calibration set would otherwise overfit)
+            scale = 1e-10 if Xg.shape[0] >= 2 * Xg.shape[1] else 1e-2
+            ridge = scale * float(gram.diagonal().mean().clamp_min(1e-30))
             for j in range(per_group_out):
                 k = g * per_group_out + j
                 support = torch.nonzero(mask2d[k]).reshape(-1)

@@ -71,3 +71,25 @@ def test_split_reproducible_and_disjoint():
     assert not np.array_equal(yv, yv3)
     with pytest.raises(ValueError):
         split(x, y, 1.0, seed=0)
+
+
+def test_as_tensors_accepts_arrays_and_loaders():
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pruning.train import accuracy, as_tensors
+
+    x = np.arange(12, dtype=np.float64).reshape(6, 2)
+    y = np.array([0, 1, 0, 1, 1, 0])
+    tx, ty = as_tensors((x, y))
+    assert tx.dtype == torch.float32 and ty.dtype == torch.int64 and tx.shape == (6, 2)
+    loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=4)
+    lx, ly = as_tensors(loader)
+    assert torch.equal(lx, tx) and torch.equal(ly, ty)
+
+    class Pick(torch.nn.Module):  # predicts class 1 when the first feature exceeds 5
+        def forward(self, inp):
+            return torch.stack([5 - inp[:, 0], inp[:, 0] - 5], dim=1)
+
+    # predictions: 0 0 0 1 1 1 (features 0, 2, 4, 6, 8, 10) vs labels 0 1 0 1 1 0 -> 4 of 6
+    assert accuracy(Pick(), tx, ty, batch_size=4) == pytest.approx(4 / 6)
