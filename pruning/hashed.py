@@ -415,6 +415,49 @@ def to_hashed(
     return HashedResult(module, proto, results, accuracy_before, accuracy_hashed, accuracy_after, mode, source, history)
 
 
+def prune_hashed(
+    model: OnnxModule | onnx.ModelProto | str | Path,
+    layers: list[str],
+    data,
+    *,
+    target_active_fraction: float = 0.05,
+    val=None,
+    val_fraction: float = 0.2,
+    calib_size: int = 256,
+    seed: int = 0,
+    **options,
+) -> HashedResult:
+    """``to_hashed`` from one labelled data set (what ``joulecut prune --granularity hashed``
+    runs): ``data`` = (x, y) is split into training and validation parts (seeded
+    ``val_fraction``, unless ``val`` is given), the first ``calib_size`` training inputs
+    calibrate K and L, the training part fine-tunes and the validation part gives the
+    accuracies. ``options`` go to ``to_hashed`` (family, mode, finetune_epochs, ...).
+    Same errors as ``to_hashed``; DataError when x or y do not fit the model."""
+    from pruning.data import check_data, split
+
+    _check_options(target_active_fraction, options.get("family", "simhash"), options.get("mode", "batched"), layers)
+    module = copy.deepcopy(model) if isinstance(model, OnnxModule) else onnx_to_torch(model)
+    x, y = (t.numpy() for t in as_tensors(data))
+    if val is None:
+        (x, y), (vx, vy) = split(x, y, val_fraction, seed)
+    else:
+        vx, vy = (t.numpy() for t in as_tensors(val))
+    inits = {t.name for t in module.source.graph.initializer}
+    first = next(i for i in module.source.graph.input if i.name not in inits)
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in first.type.tensor_type.shape.dim)
+    where = module.file and f"data for {module.file}"
+    check_data(x, y, shape, int(max(y.max(initial=0), vy.max(initial=0))) + 1, file=where)
+    check_data(vx, vy, shape, int(max(y.max(initial=0), vy.max(initial=0))) + 1, file=where)
+    with torch.no_grad():
+        out = module.eval()(torch.from_numpy(x[:1]))
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ModelError("hashed pruning needs a classifier with one N x classes output", file=module.file)
+    for a, b in ((x, y), (vx, vy)):
+        check_data(a, b, shape, out.shape[1], file=where)
+    return to_hashed(module, layers, x[:calib_size], target_active_fraction=target_active_fraction,
+                     train=(x, y), eval=(vx, vy), seed=seed, **options)
+
+
 # --- ONNX -------------------------------------------------------------------------------------
 def hashed_onnx(module: OnnxModule, layers: dict[str, HashedLayer], mode: str = "batched") -> onnx.ModelProto:
     """The ONNX model of ``module`` with each layer in ``layers`` as a joulecut.HashedLinear node

@@ -16,7 +16,7 @@ from energy.errors import DataError, ModelError, OptionError
 from kernels.runner import GraphRunner
 from kernels.slide import HashedLinear
 from pruning.hashed import (DOMAIN, OP_TYPE, HashedLinearModule, export_hashed, finetune_sparse,
-                            to_hashed, verify_hashed)
+                            prune_hashed, to_hashed, verify_hashed)
 from pruning.onnx_torch import onnx_to_torch
 from tests.models import export_onnx, onnx_model
 
@@ -95,7 +95,7 @@ def test_exported_node_attributes_and_initializers(small, tmp_path):
     onnx.checker.check_model(model, full_check=True)
     assert (DOMAIN, 1) in {(o.domain, o.version) for o in model.opset_import}
     node = node_of(model, "fc1")
-    assert (node.domain, node.op_type) == ("joulecut", "HashedLinear")
+    assert (node.domain, node.op_type) == (DOMAIN, OP_TYPE) == ("joulecut", "HashedLinear")
     assert list(node.input) == ["x", "fc1.weight", "fc1.bias", "fc1.bucket_offsets", "fc1.bucket_ids"]
     assert list(node.output) == ["h"]
     a = attrs(node)
@@ -278,3 +278,41 @@ def test_export_never_overwrites_the_input(tmp_path):
     with pytest.raises(ModelError, match="refusing to overwrite"):
         export_hashed(r, src)
     assert src.read_bytes() == before
+
+
+def test_prune_hashed_splits_checks_and_fine_tunes(tmp_path):
+    src = tmp_path / "mlp.onnx"
+    onnx.save(mlp_model(), str(src))
+    x = inputs(240)
+    y = np.random.default_rng(2).integers(0, 10, 240)
+    r = prune_hashed(src, ["fc1"], (x, y), target_active_fraction=0.1, finetune_epochs=1, val_fraction=0.25)
+    assert r.source == str(src) and len(r.history) == 1
+    assert r.accuracy_before is not None and r.accuracy_after is not None
+    assert 0.08 <= r.layers["fc1"].active_fraction <= 0.125
+    with pytest.raises(DataError, match=r"labels must be in \[0, 9\]"):
+        prune_hashed(src, ["fc1"], (x, y + 5))
+    with pytest.raises(DataError, match="inputs must have shape"):
+        prune_hashed(src, ["fc1"], (x[:, :30], y))
+    with pytest.raises(OptionError, match="unknown layer"):
+        prune_hashed(src, ["fc9"], (x, y))
+
+
+def test_two_hashed_layers_in_a_chain_and_the_input_module_untouched():
+    """fc2 hashes fc1's hashed output: torch and the runner compute that input in a different
+    order, so this also checks that no projection of it sits within rounding of a sign flip."""
+    rng = np.random.default_rng(0)
+    inits = {"w1": (rng.standard_normal((32, 256)) / 6).astype(np.float32),
+             "w2": (rng.standard_normal((256, 256)) / 16).astype(np.float32),
+             "b2": np.zeros(256, np.float32), "w3": (rng.standard_normal((256, 10)) / 16).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["h2"], name="fc2"),
+             helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+             helper.make_node("MatMul", ["r2", "w3"], ["y"], name="fc3")]
+    source = onnx_to_torch(onnx_model(nodes, {"x": ["N", 32]}, {"y": ["N", 10]}, inits))
+    x = rng.standard_normal((300, 32)).astype(np.float32)
+    r = to_hashed(source, ["fc2", "fc1"], x[:200], target_active_fraction=0.1)
+    assert list(r.layers) == ["fc1", "fc2"]  # graph order
+    assert all(0.08 <= l.active_fraction <= 0.125 for l in r.layers.values())
+    assert verify_hashed(r.onnx, r.module, x[200:]) <= 1e-4
+    assert type(source.layer("fc1")) is nn.Linear and type(source.layer("fc2")) is nn.Linear
