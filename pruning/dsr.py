@@ -459,7 +459,7 @@ def train_sparse(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     lr_schedule: str = "cosine",
-    reallocate_every: int = 100,
+    reallocate_every: int | None = None,
     prune_fraction_per_cycle: float = 0.1,
     initial_threshold: float = 1e-3,
     reallocate_until: float = 0.9,
@@ -478,6 +478,8 @@ def train_sparse(
     ``reallocate_until`` (fraction of all steps, in (0, 1]) stops reallocation for the rest of
     training so the last regrown weights can train (ignored for unsized iterables: no stop).
     ``scale_initial_weights``: see :class:`SparseTrainer` (ignored for ``"dense"``).
+    ``reallocate_every=None`` picks ``max(1, total_steps // 20)`` (about 20 cycles whatever the
+    data size; 100 for unsized iterables).
     Returns ``(model, history)``; the gradient hooks are removed at the end and the masked
     weights stay exactly zero.
     """
@@ -504,6 +506,8 @@ def train_sparse(
     common = dict(sparsity=sparsity, nonzero_budget=nonzero_budget, seed=seed,
                   dense_layers=dense_layers, optimizer=opt,
                   scale_initial_weights=scale_initial_weights)
+    if reallocate_every is None:
+        reallocate_every = 100 if n_batches is None else max(1, epochs * n_batches // 20)
     if method == "dsr":
         trainer = DynamicSparseTrainer(
             model, reallocate_every=reallocate_every, prune_fraction_per_cycle=prune_fraction_per_cycle,

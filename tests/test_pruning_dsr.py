@@ -258,3 +258,10 @@ def test_conv_model_reallocation_cadence_and_stop_after():
     assert all(sum(c.nonzeros_per_layer.values()) == t.nonzero_budget for c in t.history)
     assert t.nonzero_budget == round(0.4 * (72 + 384))
     assert torch.all(net[0].weight[~t.masks["0"]] == 0)
+
+
+def test_train_sparse_default_period_gives_about_20_cycles():
+    x, y = _data(96)
+    # 96 samples / batch 32 = 3 steps an epoch, 40 epochs = 120 steps: P = 6, cycles up to step 108
+    _, hist = train_sparse(_mlp(), (x, y), epochs=40, lr=0.1, sparsity=0.5, batch_size=32)
+    assert [c.step for c in hist.cycles] == [6 * i for i in range(1, 19)]
