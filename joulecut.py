@@ -147,6 +147,103 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _StepProgress:
+    """Progress messages of long pruning/training work on stderr, on a terminal without -q."""
+
+    def __init__(self, quiet: bool):
+        self.enabled = not quiet and sys.stderr.isatty()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            sys.stderr.write(f"\r\x1b[K{message[:100]}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _check_output(output: str, model: str) -> None:
+    if Path(output).resolve() == Path(model).resolve():
+        from energy.errors import DataError
+
+        raise DataError(f"output path {output} is the input model: choose another -o (the input is never overwritten)")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from pruning.api import prune
+    from pruning.budget import parse_budget
+    from pruning.data import load_npz
+
+    _check_output(args.output, args.model)
+    budget = parse_budget(args.budget) if args.budget is not None else None  # a bad budget fails before any work
+    x, y = load_npz(args.data)
+    method = args.method or ("budget" if budget is not None else "energy-aware")
+    progress = _StepProgress(args.quiet)
+    try:
+        result = prune(args.model, args.hw, budget=budget, method=method, granularity=args.granularity,
+                       train=(x, y), seed=args.seed, allowed_drop=args.allowed_drop,
+                       finetune_epochs=args.finetune_epochs, channel_multiple=args.channel_multiple,
+                       progress=progress)
+    finally:
+        progress.close()
+    result.save(args.output, source=args.model)
+    from energy.io import write_atomic
+
+    stem = Path(args.output).with_suffix("")
+    write_atomic(f"{stem}.json", result.to_json(), protect=(args.model,))
+    write_atomic(f"{stem}.md", result.to_markdown(), protect=(args.model,))
+    print(result.to_markdown().rstrip())
+    print(f"\nwrote {args.output}, {stem}.json, {stem}.md")
+    return EXIT_OK
+
+
+def cmd_train_sparse(args: argparse.Namespace) -> int:
+    import torch
+
+    from pruning.data import load_npz, split
+    from pruning.dsr import train_sparse
+    from pruning.export import export_onnx
+    from pruning.onnx_torch import onnx_to_torch
+    from pruning.train import accuracy
+
+    _check_output(args.output, args.model)
+    if (args.sparsity is None) == (args.energy_budget is None):
+        raise UsageError("give exactly one of --sparsity (e.g. 0.8) and --energy-budget (e.g. 40%, with --hw)")
+    x, y = load_npz(args.data)
+    (tx, ty), (vx, vy) = split(x, y, args.val_fraction, args.seed)
+    torch.manual_seed(args.seed)
+    module = onnx_to_torch(args.model)
+    for sub in module.modules():
+        if sub is not module and hasattr(sub, "reset_parameters"):
+            sub.reset_parameters()  # train from scratch: the ONNX file gives the architecture
+    nonzero_budget, how = None, f"sparsity {args.sparsity}"
+    if args.energy_budget is not None:
+        if args.hw is None:
+            raise UsageError("--energy-budget needs --hw")
+        from energy import load_model
+        from hwspecs import load_spec
+        from pruning.budget import parse_budget
+        from pruning.sparse_budget import density_for_energy
+
+        budget = parse_budget(args.energy_budget)
+        graph = load_model(args.model).graph
+        density = density_for_energy(graph, load_spec(args.hw), budget)
+        weights = sum(l.dims.weight_elements for l in graph.mac_layers() if l.weight is not None)
+        nonzero_budget, how = max(1, int(density * weights)), f"energy budget {budget}: weight density {density:.3f}"
+    model, history = train_sparse(module, (tx, ty), epochs=args.epochs, lr=args.lr, method=args.method, seed=args.seed,
+                                  sparsity=args.sparsity, nonzero_budget=nonzero_budget)
+    acc = accuracy(model, torch.from_numpy(vx), torch.from_numpy(vy))
+    export_onnx(model, torch.from_numpy(tx[:1]), args.output, source=args.model)
+    total = sum(int(p.numel()) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1)
+    nonzero = sum(int(torch.count_nonzero(p)) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1)
+    print(f"{args.method} sparse training ({how}): {nonzero}/{total} weights nonzero "
+          f"({100 * (1 - nonzero / total):.1f}% sparse), validation accuracy {acc:.4f}")
+    print(f"wrote {args.output}")
+    return EXIT_OK
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hw", required=True, help="built-in spec name (see `joulecut hw list`) or a YAML file")
     p.add_argument("--batch", type=int, default=None, help="batch size for a symbolic batch dimension")
@@ -181,6 +278,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("prune", help="prune a model to an energy budget and export it as ONNX")
+    p.add_argument("model", help="ONNX file (never modified)")
+    p.add_argument("--hw", required=True, help="built-in spec name or a YAML file")
+    p.add_argument("--budget", help="energy budget with a unit: 40%% of the dense estimate, or 2.5mJ, 800uJ ...")
+    p.add_argument("--data", required=True, help=".npz with x (inputs) and y (labels); split with --seed")
+    p.add_argument("-o", "--output", required=True, help="pruned ONNX file (a .json and .md report go beside it)")
+    p.add_argument("--method", choices=["energy-aware", "budget", "magnitude"], default=None,
+                   help="default: budget when --budget is given, else energy-aware")
+    p.add_argument("--granularity", choices=["weight", "channel", "block"], default="channel")
+    p.add_argument("--allowed-drop", type=float, default=0.01, help="accuracy drop allowed (energy-aware), 0.01 = 1 point")
+    p.add_argument("--finetune-epochs", type=float, default=3.0)
+    p.add_argument("--channel-multiple", type=int, default=1, help="round kept channels to a multiple (e.g. 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("train-sparse", help="train a model from scratch at a fixed number of nonzero weights (DSR)")
+    p.add_argument("model", help="ONNX file giving the architecture (its weights are re-initialised)")
+    p.add_argument("--data", required=True, help=".npz with x and y")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--sparsity", type=float, help="fraction of weights that are zero, e.g. 0.8")
+    p.add_argument("--energy-budget", help="or: the estimated energy to meet (40%%, 2mJ ...), with --hw")
+    p.add_argument("--hw", help="spec for --energy-budget")
+    p.add_argument("--method", choices=["dsr", "static"], default="dsr")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_sparse)
+
     p = sub.add_parser("validate", help="run a (pruned) model on the kernels: measured vs estimated")
     p.add_argument("model", help="ONNX file")
     p.add_argument("--hw", required=True, help="built-in spec name or a YAML file")
@@ -211,7 +338,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from energy.errors import DataError, ModelError, OptionError
     from hwspecs.errors import SpecError
 
-    return (SpecError, ModelError, DataError, OptionError)
+    errors: tuple[type[BaseException], ...] = (SpecError, ModelError, DataError, OptionError)
+    try:
+        from pruning.budget import BudgetError
+    except ImportError:  # pruning needs torch; estimating does not
+        return errors
+    return errors + (BudgetError,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
