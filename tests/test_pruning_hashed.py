@@ -316,3 +316,13 @@ def test_two_hashed_layers_in_a_chain_and_the_input_module_untouched():
     assert all(0.08 <= l.active_fraction <= 0.125 for l in r.layers.values())
     assert verify_hashed(r.onnx, r.module, x[200:]) <= 1e-4
     assert type(source.layer("fc1")) is nn.Linear and type(source.layer("fc2")) is nn.Linear
+
+
+def test_target_one_keeps_every_neuron_active():
+    x = inputs(100)
+    r = to_hashed(mlp_model(), ["fc1"], x, target_active_fraction=1.0)
+    assert r.layers["fc1"].active_fraction == 1.0
+    xv = torch.from_numpy(inputs(20, seed=9))
+    dense = onnx_to_torch(mlp_model())
+    with torch.no_grad():
+        np.testing.assert_allclose(r.module(xv).numpy(), dense(xv).numpy(), atol=1e-5)
