@@ -7,7 +7,8 @@ actually executed and the bytes of weights and activations they moved.
 
 Supports the op set of CNNs and MLPs (see ``SUPPORTED_OPS``) and the custom
 ``joulecut.HashedLinear`` (a SLIDE layer on kernels.slide, see ``_prepare_hashed``: outputs
-outside a sample's active set are 0); any other op is a ValueError naming the node. Layer names follow the importer's rule: the node name, else ``{op}_{index}``.
+outside a sample's active set are 0); any other op is a ValueError naming the node.
+Layer names follow the importer's rule: the node name, else ``{op}_{index}``.
 """
 from __future__ import annotations
 
