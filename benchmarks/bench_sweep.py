@@ -1,0 +1,259 @@
+"""Sweep benchmark: 3 models x 3 devices x 4 budgets on this machine's cores, where the time goes
+(per phase inside each cell, and the sweep's own overhead), and a kill + resume check.
+
+    python benchmarks/bench_sweep.py [--jobs 2] [--out build/bench_sweep] [--no-kill] [--write]
+
+Models: the digits CNN of examples/digits (built by the sweep), a smaller CNN and an MLP, all
+trained here on the same noisy 8x8 digits. Each pruned cell: the `budget` method at channel
+granularity, quick fine-tuning. Inside the prune phase, fine-tuning, the energy cost model,
+accuracy evaluation and least-squares restoration are timed by wrapping those functions in
+each worker (this script only; the library's cells time estimate/prune/export/validate).
+The kill check runs the same sweep in a subprocess, SIGKILLs it after half the cells, resumes
+it and compares the tables with the uninterrupted run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+DEVICES = ["eyeriss", "mobile-cpu", "edge-tpu-int8"]
+BUDGETS = ["100%", "60%", "40%", "25%"]
+INNER = ("fine_tune", "cost_model", "evaluate", "restore")
+
+_TIMES: dict[str, float] = defaultdict(float)
+_DEPTH = {"n": 0}
+
+
+def _timed(name, fn):
+    def wrapper(*args, **kwargs):
+        if _DEPTH["n"]:
+            return fn(*args, **kwargs)
+        _DEPTH["n"] += 1
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _TIMES[name] += time.perf_counter() - start
+            _DEPTH["n"] -= 1
+    wrapper.__wrapped_by_bench__ = True
+    return wrapper
+
+
+def _instrument() -> None:
+    import pruning.api
+    import pruning.cost
+    import pruning.methods
+    import pruning.units
+
+    if getattr(pruning.methods.fine_tune, "__wrapped_by_bench__", False):
+        return
+    pruning.methods.fine_tune = _timed("fine_tune", pruning.methods.fine_tune)
+    pruning.api.accuracy = _timed("evaluate", pruning.api.accuracy)
+    pruning.units.restore_layer = _timed("restore", pruning.units.restore_layer)
+    model = pruning.cost.EnergyModel
+    for name in ("__init__", "report", "per_layer_pj", "total_pj"):
+        setattr(model, name, _timed("cost_model", getattr(model, name)))
+
+
+def instrumented_cell(job):
+    """run_cell with the prune phase split into fine-tune / cost model / evaluate / restore."""
+    from sweep.cells import run_cell
+
+    _instrument()
+    _TIMES.clear()
+    result = run_cell(job)
+    return replace(result, timings_s={**result.timings_s, **{f"prune.{k}": _TIMES.get(k, 0.0) for k in INNER}})
+
+
+def make_models(folder: Path) -> None:
+    """Train the small CNN and the MLP on the digits example's data; write ONNX + npz."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from pruning.export import export_onnx
+    from sweep.models import load_example
+
+    torch.set_num_threads(1)
+    digits = load_example("digits")
+    (x, y), (x_test, y_test) = digits.make_dataset("hard", seed=0, copies=1)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "train.npz", x=x, y=y)
+    np.savez(folder / "test.npz", x=x_test, y=y_test)
+    nets = {
+        "small-cnn": lambda: nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
+                                           nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 16, 10)),
+        "mlp": lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
+                                     nn.Linear(64, 10)),
+    }
+    from pruning.train import fine_tune
+
+    for name, make in nets.items():
+        if (folder / f"{name}.onnx").exists():
+            continue
+        torch.manual_seed(0)
+        model = make()
+        fine_tune(model, torch.from_numpy(x), torch.from_numpy(y), epochs=8, seed=0, lr=4e-3)
+        export_onnx(model, torch.from_numpy(x[:1]), folder / f"{name}.onnx")
+
+
+def write_config(folder: Path) -> Path:
+    models = "\n".join(f"  - {{name: {n}, onnx: {n}.onnx, train: train.npz, test: test.npz}}" for n in ("small-cnn", "mlp"))
+    text = (f"seed: 0\nmodels:\n  - {{name: digits-cnn, example: digits, epochs: 8, copies: 1}}\n{models}\n"
+            f"devices: [{', '.join(DEVICES)}]\nbudgets: [{', '.join(BUDGETS)}]\nmethods: [budget]\n"
+            "granularities: [channel]\nprune: {finetune_epochs: 1, short_epochs: 0.2}\n")
+    path = folder / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+def kill_and_resume(config: Path, out: Path, jobs: int, total: int) -> dict:
+    """Run the sweep in a subprocess, SIGKILL it once half the cells are stored, resume."""
+    from sweep import run_sweep
+
+    cells = out / "cells"
+    script = f"import sys; sys.path.insert(0, {str(REPO)!r}); from sweep import run_sweep; run_sweep(sys.argv[1], sys.argv[2], jobs={jobs}, progress=False)"
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", script, str(config), str(out)], start_new_session=True)
+    while proc.poll() is None and (len(list(cells.glob("*.json"))) if cells.is_dir() else 0) < total // 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its pool workers, as a hard crash would
+    proc.wait()
+    killed_at = time.perf_counter() - start
+    stored = len(list(cells.glob("*.json")))
+    resumed = run_sweep(config, out, jobs=jobs, progress=False, resume=True)
+    return {"killed_after_s": killed_at, "stored": stored, "reused": len(resumed.reused),
+            "computed": len(resumed.computed), "resume_wall_s": resumed.wall_s, "result": resumed}
+
+
+def write_standard_config(folder: Path) -> Path:
+    """The digits CNN with digits.py's full settings (3 noisy copies, 20 epochs; prune with
+    finetune_epochs 4, short_epochs 0.3) on the same devices and budgets."""
+    text = ("seed: 0\nmodels:\n  - {name: digits-cnn, example: digits, epochs: 20, copies: 3}\n"
+            f"devices: [{', '.join(DEVICES)}]\nbudgets: [{', '.join(BUDGETS)}]\nmethods: [budget]\n"
+            "granularities: [channel]\nprune: {finetune_epochs: 4, short_epochs: 0.3}\n")
+    path = folder / "standard.yaml"
+    path.write_text(text)
+    return path
+
+
+def time_split(sweep) -> list[str]:
+    """Rows of the where-the-time-goes table of one sweep, and the two headline shares."""
+    phases = sweep.phase_totals_s()
+    inner = {k: sum(r.timings_s.get(f"prune.{k}", 0.0) for r in sweep.results) for k in INNER}
+    total = phases["total"]
+    rows = ["| part | s | share of cell time |", "|---|---|---|"]
+    for name in ("load", "estimate", "prune", "export", "validate"):
+        rows.append(f"| cell: {name} | {phases[name]:.1f} | {100 * phases[name] / total:.1f}% |")
+    labels = {"fine_tune": "fine-tuning", "cost_model": "energy cost model (estimation)",
+              "evaluate": "accuracy evaluation", "restore": "least-squares restoration"}
+    for name in INNER:
+        rows.append(f"| &nbsp;&nbsp;prune: {labels[name]} | {inner[name]:.1f} | {100 * inner[name] / total:.1f}% |")
+    other = phases["prune"] - sum(inner.values())
+    rows.append(f"| &nbsp;&nbsp;prune: other (unit setup, ONNX -> torch, masks) | {other:.1f} | {100 * other / total:.1f}% |")
+    overhead = sweep.orchestration_s()
+    rows += [
+        f"| all cells | {total:.1f} | 100% |",
+        "",
+        f"Wall {sweep.wall_s:.1f} s on {sweep.jobs} workers. Outside the cells: preparing models (building the digits "
+        f"CNN, checking files) {sweep.prepare_s:.1f} s, report {sweep.report.wall_s:.1f} s, orchestration overhead "
+        f"(worker start-up, scheduling, idle tail = wall - prepare - report - cell time / workers) {overhead:.1f} s "
+        f"= {100 * overhead / sweep.wall_s:.1f}% of the wall time. Fine-tuning is "
+        f"**{100 * inner['fine_tune'] / total:.0f}%** of cell time; estimation (the estimate phase plus the cost "
+        f"model inside pruning) **{100 * (phases['estimate'] + inner['cost_model']) / total:.0f}%**.",
+    ]
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "bench_sweep")
+    parser.add_argument("--no-kill", action="store_true", help="skip the kill + resume check")
+    parser.add_argument("--no-standard", action="store_true", help="skip the sweep with full fine-tuning")
+    parser.add_argument("--write", action="store_true", help="write the Sweep section of benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+
+    from sweep import run_sweep
+
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    t0 = time.perf_counter()
+    make_models(args.out)
+    models_s = time.perf_counter() - t0
+    config = write_config(args.out)
+    sweep = run_sweep(config, args.out / "run", jobs=args.jobs, progress=True, cell_fn=instrumented_cell)
+    ok = [r for r in sweep.results if r.ok]
+    flags = "".join(f" --{f}" for f, on in (("no-kill", args.no_kill), ("no-standard", args.no_standard), ("write", args.write)) if on)
+    lines = [
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}; load average (1/5/15 min) before "
+        f"{' '.join(f'{v:.2f}' for v in load_before)}, after {{after}} (the machine is shared with other "
+        "work: timings are noisy)",
+        f"- command: `python benchmarks/bench_sweep.py --jobs {args.jobs}{flags}` (whole script {{script_s}})",
+        f"- sweep: 3 models (digits-cnn from examples/digits, small-cnn, mlp; noisy 8x8 digits, one noisy copy per "
+        f"training image) x 3 devices ({', '.join(DEVICES)}) x 4 budgets ({', '.join(BUDGETS)}); method budget, "
+        "channel granularity, quick fine-tuning (finetune_epochs 1, short_epochs 0.2), validation on (onnxruntime "
+        "vs torch, kernels vs onnxruntime)",
+        f"- {len(sweep.results)} cells ({len(ok)} ok, {len(sweep.failed)} failed) on a process pool of "
+        f"{sweep.jobs} workers: **wall {sweep.wall_s:.1f} s ({sweep.wall_s / 60:.1f} min)**, plus {models_s:.1f} s "
+        "to train the two extra models",
+        "",
+        "Where the time goes (seconds summed over cells, measured inside the workers; the prune phase split by "
+        "wrapping pruning's functions in the benchmark's cell function):",
+        "",
+        *time_split(sweep),
+        "",
+    ]
+    if not args.no_standard:
+        standard = run_sweep(write_standard_config(args.out), args.out / "standard", jobs=args.jobs, progress=True,
+                             cell_fn=instrumented_cell)
+        lines += [
+            f"The same 3 devices x 4 budgets for digits-cnn with digits.py's full settings (3 noisy copies per "
+            f"training image, 20 training epochs; finetune_epochs 4, short_epochs 0.3): {len(standard.results)} cells "
+            f"({len(standard.failed)} failed) in {standard.wall_s:.1f} s ({standard.wall_s / 60:.1f} min), "
+            "including training the model:",
+            "",
+            *time_split(standard),
+            "",
+        ]
+    if args.no_kill:
+        lines.append("Kill + resume: not run (--no-kill).")
+    else:
+        k = kill_and_resume(config, args.out / "killed", args.jobs, len(sweep.results))
+        same = all((args.out / "run" / n).read_text() == (args.out / "killed" / n).read_text()
+                   for n in ("results.csv", "results.json", "plots.json", "report.md"))
+        lines.append(f"Kill + resume (the quick sweep): run in a subprocess, SIGKILLed (driver and pool workers) after "
+                     f"{k['killed_after_s']:.1f} s with {k['stored']}/{len(sweep.results)} cells stored; the "
+                     f"re-run with resume reused {k['reused']} and computed {k['computed']} in {k['resume_wall_s']:.1f} s; "
+                     f"results.csv, results.json, plots.json and report.md byte-identical to the uninterrupted run: "
+                     f"**{'yes' if same else 'NO'}**.")
+    after = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    body = "\n".join(lines).replace("{after}", after).replace("{script_s}", f"{time.perf_counter() - started:.0f} s")
+    print(body)
+    for r in sweep.failed:
+        print(f"failed: {r.key}: {r.error}")
+    if args.write:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from results import update_section
+
+        update_section("Sweep", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
