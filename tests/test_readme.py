@@ -47,6 +47,23 @@ def test_readme_command_prints_what_the_readme_shows(command, expected):
     assert normalise(run_command(command)) == normalise(expected)
 
 
+def shell_commands(text: str) -> list[str]:
+    """joulecut command lines in ```sh blocks: too slow to run in the tests, but they must parse."""
+    found = []
+    for m in re.finditer(r"```sh\n(.*?)```", text, re.S):
+        found += [line.split("#")[0].strip() for line in m.group(1).splitlines() if line.startswith("joulecut ")]
+    return found
+
+
+@pytest.mark.parametrize("command", shell_commands(README.read_text()))
+def test_readme_shell_commands_parse(command):
+    sys.path.insert(0, str(ROOT))
+    import joulecut
+
+    args = joulecut.build_parser().parse_args(shlex.split(command)[1:])
+    assert callable(args.func)
+
+
 def test_make_demo_runs_the_first_readme_command():
     makefile = (ROOT / "Makefile").read_text()
     demo = re.search(r"^demo:.*\n\t(.*)$", makefile, re.M).group(1)
