@@ -62,8 +62,9 @@ class HashedLinearModule(nn.Module):
     selects for each sample; every other output is 0. ``weight`` [out, in] and ``bias`` [out]
     are trainable; the gradient reaches only the rows (and biases) of active neurons.
 
-    The hash tables follow the weights only on ``rehash()``: ``rehash(rows)`` updates the
-    codes of those rows (SLIDE's periodic rehash), ``rehash()`` rebuilds everything."""
+    ``slide`` is the ``kernels.slide.HashedLinear`` whose hash functions and tables pick the
+    active sets. The tables follow the weights only on ``rehash()``: ``rehash(rows)`` updates
+    the codes of those rows (SLIDE's periodic rehash), ``rehash()`` rebuilds everything."""
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None, *, family: str, K: int, L: int,
                  seed: int, density: float = 1 / 3, bin_size: int = 8):
@@ -91,12 +92,12 @@ class HashedLinearModule(nn.Module):
         w = self.weight.detach().numpy()
         b = self.bias.detach().numpy()
         if rows is None:
-            self.tables = HashedLinear(w.copy(), b.copy(), family=self.family, K=self.K, L=self.L,
+            self.slide = HashedLinear(w.copy(), b.copy(), family=self.family, K=self.K, L=self.L,
                                        seed=self.seed, **self.hash_params)
             return
-        self.tables.weight[rows] = w[rows]
-        self.tables.bias[:] = b
-        self.tables.rehash(rows=np.asarray(rows, dtype=np.int64))
+        self.slide.weight[rows] = w[rows]
+        self.slide.bias[:] = b
+        self.slide.rehash(rows=np.asarray(rows, dtype=np.int64))
 
     def recalibrate(self, x2: np.ndarray, target: float, L_max: int) -> int:
         """Set L (1..L_max, K kept) to the fewest tables whose mean active fraction on inputs
@@ -113,7 +114,7 @@ class HashedLinearModule(nn.Module):
 
     def active(self, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """CSR active sets (indptr int64 [B+1], neuron ids int32) of inputs x2 [B, in]."""
-        layer = self.tables
+        layer = self.slide
         return layer.tables.active_sets(layer.hash_codes(np.ascontiguousarray(x2, dtype=np.float32)))
 
     def active_fraction(self, x2: np.ndarray) -> float:
@@ -409,7 +410,7 @@ def to_hashed(
             n_out=h.out_features, family=family, K=K, L=h.L, seed=seed, L_chosen=L0,
             target_active_fraction=float(target_active_fraction),
             active_fraction_chosen=float(info["active_fraction"]), active_fraction=h.active_fraction(xin),
-            recall=float(h.tables.recall_at_k(xin, min(k_recall, h.out_features))), k_recall=min(k_recall, h.out_features),
+            recall=float(h.slide.recall_at_k(xin, min(k_recall, h.out_features))), k_recall=min(k_recall, h.out_features),
             candidates=tuple(tuple(c) for c in info["candidates"]))
     proto = hashed_onnx(module, results, mode)
     return HashedResult(module, proto, results, accuracy_before, accuracy_hashed, accuracy_after, mode, source, history)
@@ -477,7 +478,7 @@ def hashed_onnx(module: OnnxModule, layers: dict[str, HashedLayer], mode: str = 
             raise ModelError("layer is listed as hashed but its module is not a HashedLinearModule", node=step.name)
         n = step.name
         arrays = {f"{n}.weight": h.weight.detach().numpy(), f"{n}.bias": h.bias.detach().numpy(),
-                  f"{n}.bucket_offsets": h.tables.tables.offsets, f"{n}.bucket_ids": h.tables.tables.ids}
+                  f"{n}.bucket_offsets": h.slide.tables.offsets, f"{n}.bucket_ids": h.slide.tables.ids}
         tensors += [numpy_helper.from_array(np.ascontiguousarray(a), k) for k, a in arrays.items()]
         new = helper.make_node(OP_TYPE, [node.input[0], *arrays], [node.output[0]], name=n, domain=DOMAIN,
                                K=h.K, L=h.L, family=h.family, seed=h.seed, mode=mode,

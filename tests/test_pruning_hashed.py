@@ -4,6 +4,8 @@ References: NumPy dense products (x W^T + b) restricted to the active sets, kern
 rebuilt from the exported initializers, and the torch module itself for the runner."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 import pytest
@@ -189,7 +191,7 @@ def test_finetune_moves_only_rows_of_active_neurons():
     assert not torch.equal(module.layer("fc2").weight.detach(), fc2_before)  # dense layers train as usual
     # tables were rebuilt from the trained weights
     fresh = HashedLinear(h.weight.detach().numpy().copy(), h.bias.detach().numpy().copy(), K=h.K, L=h.L, seed=h.seed)
-    np.testing.assert_array_equal(fresh.tables.ids, h.tables.tables.ids)
+    np.testing.assert_array_equal(fresh.tables.ids, h.slide.tables.ids)
 
 
 # --- a wide MLP on digits --------------------------------------------------------------------
@@ -326,3 +328,12 @@ def test_target_one_keeps_every_neuron_active():
     dense = onnx_to_torch(mlp_model())
     with torch.no_grad():
         np.testing.assert_allclose(r.module(xv).numpy(), dense(xv).numpy(), atol=1e-5)
+
+
+def test_hashed_module_survives_deepcopy_and_torch_save(small, tmp_path):
+    x = torch.from_numpy(inputs(30, seed=4))
+    torch.save(small.module, tmp_path / "m.pt")
+    copies = [copy.deepcopy(small.module), torch.load(tmp_path / "m.pt", weights_only=False)]
+    with torch.no_grad():
+        want = small.module(x)
+        assert all(torch.equal(c(x), want) for c in copies)
