@@ -85,17 +85,19 @@ def _pack(fmt: str, w2: np.ndarray):
 
 
 def layer_names(graph: onnx.GraphProto) -> list[str]:
-    """Node name, or ``{op_type}_{index}`` when empty or taken (the importer's rule)."""
-    taken = {n.name for n in graph.node if n.name}
-    seen: set[str] = set()
+    """Node name, or ``{op_type}_{index}`` (then ``_1``, ``_2`` ...) when empty or taken: the
+    same rule as ``energy.importer.layer_names`` (kernels may not import energy), so the
+    validator can match the runner's layers with the estimator's."""
+    explicit = {n.name for n in graph.node if n.name}
+    taken: set[str] = set()
     names = []
     for i, node in enumerate(graph.node):
         name = node.name
-        if not name or name in seen:
-            name = f"{node.op_type}_{i}"
-            while name in taken or name in seen:
-                name += "_"
-        seen.add(name)
+        if not name or name in taken:
+            name, suffix = f"{node.op_type}_{i}", 1
+            while name in taken or name in explicit:
+                name, suffix = f"{node.op_type}_{i}_{suffix}", suffix + 1
+        taken.add(name)
         names.append(name)
     return names
 

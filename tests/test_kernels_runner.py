@@ -95,3 +95,14 @@ def test_unsupported_op_names_the_node():
     model = helper.make_model(helper.make_graph([node], "g", [x], [y]))
     with pytest.raises(ValueError, match="node 'erf_here': op Erf is not supported"):
         GraphRunner(model)
+
+
+def test_layer_names_follow_the_importer():
+    from energy.importer import layer_names as importer_names
+    from kernels.runner import layer_names
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="Relu_1"), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Relu", ["b"], ["c"], name="Relu_1"), helper.make_node("Relu", ["c"], ["d"], name="")]
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("d", TensorProto.FLOAT, [1, 4])])
+    assert layer_names(graph) == importer_names(graph) == ["Relu_1", "Relu_1_1", "Relu_2", "Relu_3"]
