@@ -34,7 +34,8 @@ from pruning.api import prune  # noqa: E402
 from pruning.export import export_onnx  # noqa: E402
 
 METHODS = ("budget", "energy-aware", "magnitude")
-BUDGETS = (0.60, 0.45, 0.35, 0.25, 0.18, 0.12, 0.10)
+BUDGETS = {"channel": (0.60, 0.45, 0.35, 0.25, 0.18, 0.12, 0.10),
+           "weight": (0.60, 0.50, 0.42, 0.36, 0.32)}  # weight pruning cannot go below ~31 % on eyeriss
 
 
 def _latency_ms(path: Path, x: np.ndarray, repeats: int) -> float:
@@ -55,7 +56,8 @@ def _latency_ms(path: Path, x: np.ndarray, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def run_seed(seed: int, variant: str, hw: str, budgets, work: Path, finetune_epochs: float, log) -> dict:
+def run_seed(seed: int, variant: str, hw: str, budgets, work: Path, finetune_epochs: float, log,
+             granularity: str = "channel") -> dict:
     (x, y), (xt, yt) = digits.make_dataset(variant, seed=seed)
     model = digits.train_cnn(x, y, epochs=20, seed=seed)
     dense_path = export_onnx(model, torch.from_numpy(x[:1]), work / f"dense_{variant}_{seed}.onnx")
@@ -67,19 +69,20 @@ def run_seed(seed: int, variant: str, hw: str, budgets, work: Path, finetune_epo
             epochs = finetune_epochs
             if method == "magnitude" and samples_budget is not None:
                 epochs = samples_budget / (0.8 * len(x))  # prune() trains on the 80 % split
-            result = prune(dense_path, hw, budget=budget, method=method, granularity="channel", train=(x, y),
+            result = prune(dense_path, hw, budget=budget, method=method, granularity=granularity, train=(x, y),
                            seed=seed, finetune_epochs=epochs)
             if method == "budget":
                 samples_budget = result.samples_trained
-            out = result.save(work / f"{variant}_{seed}_{method}_{int(round(budget * 100))}.onnx", source=dense_path)
-            row = {"seed": seed, "variant": variant, "budget": budget, "method": method,
+            out = result.save(work / f"{granularity}_{variant}_{seed}_{method}_{int(round(budget * 100))}.onnx", source=dense_path)
+            row = {"seed": seed, "variant": variant, "granularity": granularity, "budget": budget, "method": method,
                    "energy_ratio": result.energy_ratio, "test_accuracy": digits.onnx_accuracy(out, xt, yt),
                    "dense_test_accuracy": dense_acc, "samples_trained": result.samples_trained,
                    "wall_s": result.wall_time_s, "channels": [(p.kept, p.total) for p in result.plan], "path": str(out)}
             rows.append(row)
-            log(f"{variant} seed {seed} {method:12s} budget {budget:.0%}: energy {row['energy_ratio']:.3f} "
+            log(f"{granularity} {variant} seed {seed} {method:12s} budget {budget:.0%}: energy {row['energy_ratio']:.3f} "
                 f"test acc {row['test_accuracy']:.4f} (dense {dense_acc:.4f}) {row['wall_s']:.1f}s")
-    return {"dense_path": str(dense_path), "dense_test_accuracy": dense_acc, "rows": rows, "x_test": xt}
+    return {"dense_path": str(dense_path), "dense_test_accuracy": dense_acc, "rows": rows, "x_test": xt,
+            "variant": variant, "seed": seed, "granularity": granularity}
 
 
 def min_energy_at(points: list[tuple[float, float]], level: float) -> float | None:
@@ -100,7 +103,7 @@ def min_energy_at(points: list[tuple[float, float]], level: float) -> float | No
 def summarise(rows: list[dict]) -> dict:
     table: dict = {}
     for r in rows:
-        table.setdefault((r["variant"], r["method"], r["budget"]), []).append(r)
+        table.setdefault((r.get("granularity", "channel"), r["variant"], r["method"], r["budget"]), []).append(r)
     means = {k: {"energy": statistics.mean(r["energy_ratio"] for r in v),
                  "acc": statistics.mean(r["test_accuracy"] for r in v),
                  "acc_min": min(r["test_accuracy"] for r in v),
@@ -110,13 +113,13 @@ def summarise(rows: list[dict]) -> dict:
     return means
 
 
-def equal_accuracy(means: dict, variant: str, dense: float) -> list[dict]:
+def equal_accuracy(means: dict, granularity: str, variant: str, dense: float) -> list[dict]:
     out = []
     for drop in (0.005, 0.01, 0.02, 0.03):
         level = dense - drop
         energies = {}
         for method in METHODS:
-            pts = [(v["energy"], v["acc"]) for (var, m, _), v in means.items() if var == variant and m == method]
+            pts = [(v["energy"], v["acc"]) for (g, var, m, _), v in means.items() if g == granularity and var == variant and m == method]
             energies[method] = min_energy_at(pts, level)
         row = {"level": level, "drop": drop, **{f"E_{m}": e for m, e in energies.items()}}
         mag = energies["magnitude"]
@@ -131,7 +134,7 @@ def equal_accuracy(means: dict, variant: str, dense: float) -> list[dict]:
 def speed(results: dict, repeats: int, log) -> list[dict]:
     """onnxruntime latency of dense vs channel-pruned exports (clean variant, first seed),
     also re-pruned with channel counts rounded to a multiple of 8."""
-    first = results["clean"][0]
+    first = next(r for r in results if r["variant"] == "clean" and r["granularity"] == "channel")
     dense = Path(first["dense_path"])
     xt = first["x_test"]
     rows = []
@@ -156,44 +159,59 @@ def speed(results: dict, repeats: int, log) -> list[dict]:
     return rows
 
 
-def markdown(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict, args, wall: float) -> str:
+def markdown(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict, command: str, seeds, wall_min: float) -> str:
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
     lines = ["## Pruning", "",
-             f"Command: `python benchmarks/bench_pruning.py --seeds {' '.join(map(str, args.seeds))} --hw {args.hw}"
-             f"{' --quick' if args.quick else ''} --write`  ",
+             f"Command: `{command}`  ",
              f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {platform.machine()}, "
-             f"{os.cpu_count()} cores (shared), torch {torch.__version__}, 1 torch thread, onnxruntime 1 thread; total {wall / 60:.1f} min.",
+             f"{os.cpu_count()} cores, shared with other jobs (load average 5-10), torch {torch.__version__} with 1 thread, "
+             f"onnxruntime with 1 thread; measuring took {wall_min:.0f} min.",
              "",
-             f"Model: examples/digits DigitsCNN (conv 1-16-32, pool, conv 32, fc 512-10), trained 20 epochs per seed. "
-             f"Spec `{args.hw}`; channel granularity; energies are the estimator's, as a fraction of the dense estimate "
-             f"(batch 1). Test accuracy of the exported ONNX in onnxruntime, mean (min) over seeds {args.seeds}. "
-             "`clean`: sklearn digits / 16; `hard`: 3 copies of each training image with N(0, 0.15) noise and "
-             "random +-1 pixel shifts (test images likewise), split by source image. `magnitude` gets the same "
-             "number of fine-tuning samples as `budget` at the same budget; `energy-aware` uses its own passes "
-             "(samples column).", ""]
-    for variant in ("clean", "hard"):
-        if not any(k[0] == variant for k in means):
-            continue
-        lines += [f"### {variant} digits (dense test accuracy {dense[variant]:.4f})", "",
+             "Model: examples/digits DigitsCNN (conv 1-16-32, pool, conv 32, fc 512-10), trained 20 epochs (Adam) per seed. "
+             "Spec `eyeriss` (zero weights skipped, zero inputs gated). Energies are the estimator's, as a fraction of the "
+             "dense estimate (batch 1); test accuracy of the exported ONNX in onnxruntime, mean / min / sd over seeds "
+             f"{list(seeds)}. `clean`: sklearn digits / 16 (75/25 split by image); `hard`: 3 copies of each image with "
+             "N(0, 0.15) pixel noise and random +-1 pixel shifts, split by source image. prune() holds out 20 % of the "
+             "training split for validation and uses up to 1024 training images for least squares. `magnitude` gets "
+             "the same number of fine-tuning samples as `budget` at the same budget; `energy-aware` trains what its "
+             "own passes need (samples column).", ""]
+    for (granularity, variant), comps in comparisons.items():
+        lines += [f"### {granularity} granularity, {variant} digits (dense test accuracy {dense[(granularity, variant)]:.4f})", "",
                   "| budget | method | energy (of dense) | test acc mean | min | sd | fine-tune samples | wall s |",
                   "|---|---|---|---|---|---|---|---|"]
-        for (var, method, budget), v in sorted(means.items(), key=lambda kv: (-kv[0][2], METHODS.index(kv[0][1]))):
-            if var == variant:
+        for (g, var, method, budget), v in sorted(means.items(), key=lambda kv: (-kv[0][3], METHODS.index(kv[0][2]))):
+            if g == granularity and var == variant:
                 lines.append(f"| {budget:.0%} | {method} | {v['energy']:.3f} | {v['acc']:.4f} | {v['acc_min']:.4f} | "
                              f"{v['acc_sd']:.4f} | {v['samples']:.0f} | {v['wall']:.1f} |")
-        lines += ["", "Equal accuracy (interpolated over budgets): smallest energy that reaches the accuracy; "
-                  "saving ratio = (1 - E_method) / (1 - E_magnitude); energy ratio = E_magnitude / E_method.", "",
+        lines += ["", "Equal accuracy (mean over seeds, interpolated between budgets): the smallest energy that reaches "
+                  "the accuracy; saving ratio = (1 - E_method) / (1 - E_magnitude); energy ratio = E_magnitude / E_method "
+                  "(n/a: never reached on the grid).", "",
                   "| accuracy >= | E budget | E energy-aware | E magnitude | saving ratio budget | saving ratio energy-aware | energy ratio budget | energy ratio energy-aware |",
                   "|---|---|---|---|---|---|---|---|"]
-        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
-        for c in comparisons[variant]:
+        for c in comps:
             lines.append(f"| {c['level']:.4f} (dense - {c['drop']:.1%}) | {fmt(c['E_budget'])} | {fmt(c['E_energy-aware'])} | "
                          f"{fmt(c['E_magnitude'])} | {fmt(c['saving_ratio_budget'])} | {fmt(c['saving_ratio_energy-aware'])} | "
                          f"{fmt(c['energy_ratio_budget'])} | {fmt(c['energy_ratio_energy-aware'])} |")
         lines.append("")
-    lines += ["### onnxruntime latency, dense vs channel-pruned exports (clean, seed 0; median, 1 thread)", "",
-              "| batch | model | median ms | speed-up | file bytes |", "|---|---|---|---|---|"]
-    lines += [f"| {r['batch']} | {r['model']} | {r['ms']:.4f} | {r['speedup']:.2f}x | {r['bytes']} |" for r in speed_rows]
+    if speed_rows:
+        lines += ["### onnxruntime latency, dense vs channel-pruned exports (clean, first seed; median, 1 thread)", "",
+                  "| batch | model | median ms | speed-up | file bytes |", "|---|---|---|---|---|"]
+        lines += [f"| {r['batch']} | {r['model']} | {r['ms']:.4f} | {r['speedup']:.2f}x | {r['bytes']} |" for r in speed_rows]
     return "\n".join(lines) + "\n"
+
+
+def render(payloads: list[dict], command: str) -> str:
+    rows = [r for p in payloads for r in p["rows"]]
+    speed_rows = [r for p in payloads for r in p.get("speed", [])]
+    means = summarise(rows)
+    dense: dict = {}
+    for r in rows:
+        dense.setdefault((r.get("granularity", "channel"), r["variant"]), {})[r["seed"]] = r["dense_test_accuracy"]
+    dense = {k: statistics.mean(v.values()) for k, v in dense.items()}
+    comparisons = {k: equal_accuracy(means, k[0], k[1], dense[k]) for k in sorted(dense)}
+    seeds = sorted({r["seed"] for r in rows})
+    wall = sum(p.get("wall_s", 0.0) for p in payloads) / 60
+    return markdown(means, comparisons, speed_rows, dense, command, seeds, wall)
 
 
 def write_section(path: Path, section: str) -> None:
@@ -217,29 +235,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--hw", default="eyeriss")
-    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    parser.add_argument("--granularities", nargs="+", default=["channel", "weight"], choices=["channel", "weight"])
+    parser.add_argument("--variants", nargs="+", default=None, choices=["clean", "hard"],
+                        help="default: clean and hard for channel, clean for weight")
+    parser.add_argument("--write", action="store_true", help="update the Pruning section of benchmarks/RESULTS.md")
     parser.add_argument("--quick", action="store_true", help="two budgets, clean digits only")
-    parser.add_argument("--json", type=Path, default=None, help="also dump all rows as JSON")
+    parser.add_argument("--json", type=Path, default=None, help="dump all rows as JSON")
+    parser.add_argument("--render", type=Path, nargs="+", default=None, help="only render these JSON dumps")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-    log = lambda message: print(message, flush=True)
-    budgets = (0.25, 0.10) if args.quick else BUDGETS
-    variants = ("clean",) if args.quick else ("clean", "hard")
-    results: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for variant in variants:
-            results[variant] = [run_seed(s, variant, args.hw, budgets, work, 4.0, log) for s in args.seeds]
-        rows = [r for v in results.values() for s in v for r in s["rows"]]
-        means = summarise(rows)
-        dense = {v: statistics.mean(s["dense_test_accuracy"] for s in results[v]) for v in results}
-        comparisons = {v: equal_accuracy(means, v, dense[v]) for v in results}
-        speed_rows = speed(results, 2000 if not args.quick else 300, log)
-        section = markdown(means, comparisons, speed_rows, dense, args, time.perf_counter() - started)
+    command = "python benchmarks/bench_pruning.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.render:
+        payloads = [json.loads(p.read_text()) for p in args.render]
+        command = " ; ".join(p.get("command", "?") for p in payloads)
+    else:
+        torch.set_num_threads(1)
+        started = time.perf_counter()
+        log = lambda message: print(message, flush=True)
+        results = []
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            for granularity in args.granularities:
+                budgets = (0.25, 0.10) if args.quick and granularity == "channel" else (0.5, 0.36) if args.quick else BUDGETS[granularity]
+                variants = args.variants or (["clean"] if args.quick or granularity == "weight" else ["clean", "hard"])
+                for variant in variants:
+                    results += [run_seed(s, variant, args.hw, budgets, work, 4.0, log, granularity) for s in args.seeds]
+            speed_rows = speed(results, 2000 if not args.quick else 300, log) if "channel" in args.granularities else []
+        payloads = [{"command": command, "rows": [r for res in results for r in res["rows"]], "speed": speed_rows,
+                     "wall_s": time.perf_counter() - started}]
+        if args.json:
+            args.json.write_text(json.dumps(payloads[0], indent=1, default=str))
+    section = render(payloads, command)
     print(section)
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "speed": speed_rows}, indent=1, default=str))
     if args.write:
         write_section(ROOT / "benchmarks" / "RESULTS.md", section)
     return 0
