@@ -363,6 +363,19 @@ def to_hashed(
     train_xy = as_tensors(train) if train is not None else None
     eval_xy = as_tensors(eval) if eval is not None else None
     say = progress or (lambda message: None)
+    try:
+        with torch.no_grad():
+            out = module(calib[:1])
+    except (RuntimeError, ValueError) as exc:
+        if isinstance(exc, (ModelError, DataError)):
+            raise
+        raise DataError(f"calibration inputs do not fit the model: {exc}") from exc
+    for what, xy in (("training", train_xy), ("evaluation", eval_xy)):
+        if xy is not None and len(xy[1]) and (not isinstance(out, torch.Tensor) or out.dim() != 2
+                                              or len(xy[0]) != len(xy[1]) or xy[1].min() < 0
+                                              or xy[1].max() >= out.shape[-1]):
+            raise DataError(f"{what} data must be N inputs with N labels in [0, {out.shape[-1] - 1}] "
+                            "of a classifier with one N x classes output")
 
     def acc() -> float | None:
         return accuracy(module, *eval_xy) if eval_xy is not None else None

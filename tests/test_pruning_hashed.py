@@ -270,6 +270,8 @@ def test_other_bad_options_and_data():
         to_hashed(mlp_model(), ["fc1", "fc1"], inputs(20))
     with pytest.raises(DataError):
         to_hashed(mlp_model(), ["fc1"], inputs(20, n_in=31))
+    with pytest.raises(DataError, match=r"training data .* labels in \[0, 9\]"):
+        to_hashed(mlp_model(), ["fc1"], inputs(20), train=(inputs(8), np.arange(8) + 5))
 
 
 def test_export_never_overwrites_the_input(tmp_path):
