@@ -136,3 +136,19 @@ def test_estimate_with_data_measures_activation_density(tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros((4, 3, 31, 32), np.float32))
     assert_user_error(run("estimate", str(TINY), "--hw", "eyeriss", "--data", str(bad)), "31")
+
+
+def test_uninferable_shapes_and_empty_level_exit_3(tmp_path):
+    # MatMul of [1, 4] by a [5, 3] weight: onnx's shape inference rejects it
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    w = onnx.numpy_helper.from_array(__import__("numpy").ones((5, 3), "float32"), "w")
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="bad_matmul")
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "shapes.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert_user_error(run("estimate", str(path), "--hw", "eyeriss"), "shapes.onnx", "bad_matmul")
+    spec = (ROOT / "hwspecs" / "builtin" / "eyeriss.yaml").read_text()
+    no_operands = tmp_path / "no_operands.yaml"
+    no_operands.write_text(spec.replace("operands: [weights, inputs, outputs]", "operands: []", 1))
+    assert_user_error(run("hw", "check", str(no_operands)), "no_operands.yaml:", "operands")
