@@ -26,6 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # optional: only keeps NumPy's BLAS pool from spinning
+    threadpool_limits = None
 import torch.nn.functional as F
 from torch import nn
 
@@ -129,18 +133,23 @@ def layer_input(model, layer: str, x: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(F.relu(model.conv2(h)), 2)
 
 
-def medians(fns: dict, repeats: int) -> dict:
+def medians(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """(median wall seconds, median CPU seconds of this thread) per function, interleaved
+    rounds. CPU time leaves out time given to other processes (meaningful with 1 thread)."""
     for fn in fns.values():
         fn()
-    times = {k: [] for k in fns}
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
     for r in range(max(1, repeats // 3)):
         for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
             time.sleep(0.02)       # let the other OpenMP runtime's threads stop spinning
             for _ in range(3):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.thread_time()
                 fns[k]()
-                times[k].append(time.perf_counter() - t)
-    return {k: float(np.median(v)) for k, v in times.items()}
+                cpu[k].append(time.thread_time() - c)
+                wall[k].append(time.perf_counter() - t)
+    return ({k: float(np.median(v)) for k, v in wall.items()},
+            {k: float(np.median(v)) for k, v in cpu.items()})
 
 
 def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
@@ -177,14 +186,15 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
                     fns[(L, H, cen)] = (lambda L=L, H=H, cen=cen: reuse_conv2d(
                         inp, w, b, stride=1, pad=1, sub_len=L, n_hashes=H, centered=cen,
                         compute_error=False, num_threads=threads))
-            med = medians(fns, repeats)
+            med, cpu = medians(fns, repeats)
             lines.append(f"**{layer}** ({C} -> {M} ch, {inp.shape[2]}x{inp.shape[3]}, 3x3 pad 1; "
                          f"im2col {n * inp.shape[2] * inp.shape[3]} x {C * R * S} times {C * R * S} x {M}): "
                          f"dense im2col matmul {med['im2col'] * 1e3:.2f} ms, torch conv2d (whole layer) "
                          f"{med['conv2d'] * 1e3:.2f} ms\n")
             lines.append("| sub_len | H | thresholds | reuse ms (whole layer) | vs im2col matmul | vs conv2d "
-                         "| r_c (per pixel) | zero chunks | MACs exec / dense | rel. error | accuracy (pts vs dense) |")
-            lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+                         "| r_c (per pixel) | zero chunks | MACs exec / dense | rel. error | accuracy (pts vs dense) "
+                         "| CPU-time x (im2col / conv2d) |")
+            lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
             for key in fns:
                 if not isinstance(key, tuple):
                     continue
@@ -202,7 +212,8 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
                     f"| {med['im2col'] / med[key]:.2f}x "
                     f"| {med['conv2d'] / med[key]:.2f}x | {st.cluster_ratio:.3f} | {st.zero_fraction:.2f} "
                     f"| {1 / st.mac_ratio:.3f} | {st.relative_error:.3f} "
-                    f"| {100 * acc:.2f}% ({100 * (acc - base_acc):+.2f}) |")
+                    f"| {100 * acc:.2f}% ({100 * (acc - base_acc):+.2f}) "
+                    f"| {cpu['im2col'] / cpu[key]:.2f}x / {cpu['conv2d'] / cpu[key]:.2f}x |")
             lines.append("")
     return "\n".join(lines)
 
@@ -216,6 +227,10 @@ def main() -> None:
                     help="digits data of examples/digits/digits.py")
     ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = ap.parse_args()
+    # NumPy's BLAS pool (used for references and set-up) spins after each call and would
+    # steal a core from the timed code: keep it to one thread.
+    if threadpool_limits is not None:
+        threadpool_limits(1, user_api="blas")
     load0 = os.getloadavg()
     body = run(args.threads, args.repeats, args.epochs, args.variant)
     load1 = os.getloadavg()

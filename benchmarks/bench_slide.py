@@ -25,6 +25,10 @@ import time
 
 import numpy as np
 import torch
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # optional: only keeps NumPy's BLAS pool from spinning
+    threadpool_limits = None
 
 from kernels.slide import HashedLinear, choose_k_l
 
@@ -71,27 +75,25 @@ def make_layer(rng, structured: bool):
     return W, b, inputs
 
 
-def timed(fn, repeats: int, block: int = 3) -> list[float]:
-    out = []
-    for _ in range(block):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
-def interleaved(fns: dict, repeats: int) -> dict:
-    """Median seconds per function; each round runs every function `block` times in turn."""
+def interleaved(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """(median wall seconds, median CPU seconds of this thread) per function; each round runs
+    every function 3 times in turn, the order alternating between rounds. The CPU time is
+    what a call cost when it ran alone on its thread (meaningful with 1 thread: it leaves
+    out time the scheduler gave to other processes)."""
     for fn in fns.values():
         fn()
-    times = {k: [] for k in fns}
-    rounds = max(1, repeats // 3)
-    for r in range(rounds):
-        order = list(fns) if r % 2 == 0 else list(fns)[::-1]
-        for k in order:
-            time.sleep(0.02)
-            times[k] += timed(fns[k], repeats)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
+    for r in range(max(1, repeats // 3)):
+        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            time.sleep(0.02)       # let the other OpenMP runtime's threads stop spinning
+            for _ in range(3):
+                t, c = time.perf_counter(), time.thread_time()
+                fns[k]()
+                cpu[k].append(time.thread_time() - c)
+                wall[k].append(time.perf_counter() - t)
+    return ({k: float(np.median(v)) for k, v in wall.items()},
+            {k: float(np.median(v)) for k, v in cpu.items()})
 
 
 def run(threads: int, repeats: int) -> tuple[str, dict]:
@@ -112,8 +114,9 @@ def run(threads: int, repeats: int) -> tuple[str, dict]:
         lines.append(f"\n**{name} weights**: K={K}, L={L} (choose_k_l {t_choose:.1f} s, "
                      f"table build {t_build:.2f} s)\n")
         lines.append("| batch | dense ms | per-sample ms (x) | batched ms (x) | batched, dense out ms (x) "
-                     "| active | recall@10 | MACs / dense | weight MB gathered (per-sample / batched) |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+                     "| active | recall@10 | MACs / dense | weight MB gathered (per-sample / batched) "
+                     "| CPU-time x (per-sample / batched) |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for B in (1, 128):
             x = inputs(B)
             xt = torch.from_numpy(x)
@@ -124,7 +127,7 @@ def run(threads: int, repeats: int) -> tuple[str, dict]:
                 "batched_dense_out": lambda: layer.forward(x, "batched"),
             }
             with torch.inference_mode():
-                med = interleaved(fns, repeats)
+                med, cpu = interleaved(fns, repeats)
             layer.forward_sparse(x, "per_sample")
             mb_per = layer.bytes_gathered / 1e6
             layer.forward_sparse(x, "batched")
@@ -133,12 +136,14 @@ def run(threads: int, repeats: int) -> tuple[str, dict]:
             macs = layer.macs_executed / (B * N_OUT * N_IN)
             rec = layer.recall_at_k(inputs(256) if B == 1 else x, 10)
             sp = {k: med["dense"] / med[k] for k in med}
+            cp = {k: cpu["dense"] / cpu[k] for k in cpu}
             figures[(name, B)] = sp
             lines.append(
                 f"| {B} | {med['dense'] * 1e3:.2f} | {med['per_sample'] * 1e3:.3f} ({sp['per_sample']:.1f}x) "
                 f"| {med['batched'] * 1e3:.3f} ({sp['batched']:.1f}x) "
                 f"| {med['batched_dense_out'] * 1e3:.2f} ({sp['batched_dense_out']:.1f}x) "
-                f"| {af:.3f} | {rec:.2f} | {macs:.3f} | {mb_per:.1f} / {mb_bat:.1f} |")
+                f"| {af:.3f} | {rec:.2f} | {macs:.3f} | {mb_per:.1f} / {mb_bat:.1f} "
+                f"| {cp['per_sample']:.1f}x / {cp['batched']:.1f}x |")
     return "\n".join(lines), figures
 
 
@@ -148,6 +153,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = ap.parse_args()
+    # NumPy's BLAS pool (used for references and set-up) spins after each call and would
+    # steal a core from the timed code: keep it to one thread.
+    if threadpool_limits is not None:
+        threadpool_limits(1, user_api="blas")
     load0 = os.getloadavg()
     table, _ = run(args.threads, args.repeats)
     load1 = os.getloadavg()

@@ -113,7 +113,27 @@ cdef extern from *:
             }
             return;
         }
-        for (int64_t i = 0; i < nb; i++) {
+        int64_t i0 = 0;
+        if (nv == 2) {
+            /* 17..32 hashes: four rows x two vectors of accumulators */
+            const jr_v16 t1 = jr_load(thr + 16);
+            for (; i0 + 4 <= nb; i0 += 4) {
+                const float *xs = X + (r0 + i0) * K + k0;
+                jr_v16 a[4], b[4];
+                for (int u = 0; u < 4; u++) { a[u] = -t0; b[u] = -t1; }
+                for (int64_t j = 0; j < len; j++) {
+                    const jr_v16 p = jr_load(projT + (k0 + j) * hp);
+                    const jr_v16 q = jr_load(projT + (k0 + j) * hp + 16);
+                    for (int u = 0; u < 4; u++) {
+                        const float v = xs[u * K + j];
+                        a[u] += v * p;
+                        b[u] += v * q;
+                    }
+                }
+                for (int u = 0; u < 4; u++) code[i0 + u] = jr_signbits(a[u]) | jr_signbits(b[u]) << 16;
+            }
+        }
+        for (int64_t i = i0; i < nb; i++) {
             const float *x0 = X + (r0 + i) * K + k0;
             jr_v16 a[4];
             for (int v = 0; v < nv; v++) a[v] = -jr_load(thr + 16 * v);
@@ -321,13 +341,26 @@ cdef extern from *:
                             }
                             float *yr = ys + o * M;
                             int64_t m = 0;
+                            /* three partial sums per vector: the adds do not wait on each other */
                             for (; m + 32 <= M; m += 32) {
                                 jr_v16 a0 = jr_load(yr + m), a1 = jr_load(yr + m + 16);
-                                for (int u = 0; u < ns; u++) {
+                                jr_v16 b0 = {0}, b1 = {0}, c0 = {0}, c1 = {0};
+                                int u = 0;
+                                for (; u + 3 <= ns; u += 3) {
+                                    a0 += jr_load(src[u] + m);     a1 += jr_load(src[u] + m + 16);
+                                    b0 += jr_load(src[u + 1] + m); b1 += jr_load(src[u + 1] + m + 16);
+                                    c0 += jr_load(src[u + 2] + m); c1 += jr_load(src[u + 2] + m + 16);
+                                }
+                                for (; u < ns; u++) {
                                     a0 += jr_load(src[u] + m);
                                     a1 += jr_load(src[u] + m + 16);
                                 }
-                                jr_store(yr + m, a0); jr_store(yr + m + 16, a1);
+                                jr_store(yr + m, a0 + b0 + c0); jr_store(yr + m + 16, a1 + b1 + c1);
+                            }
+                            for (; m + 16 <= M; m += 16) {
+                                jr_v16 a0 = jr_load(yr + m);
+                                for (int u = 0; u < ns; u++) a0 += jr_load(src[u] + m);
+                                jr_store(yr + m, a0);
                             }
                             for (; m < M; m++) {
                                 float a = yr[m];

@@ -259,11 +259,13 @@ static void jc_collect(const uint32_t *qcodes, int64_t B, int L, int code_bits,
 }
 
 /* Per-sample dot products: values[p] = W[indices[p]] . x[sample[p]] + bias[indices[p]].
- * Parallel over all (sample, neuron) pairs so one sample still uses every thread. */
+ * Parallel over all (sample, neuron) pairs so one sample can use every thread, but only
+ * from about a million MACs: below that the fork/join (and, on a busy machine, waiting for
+ * a descheduled thread at the barrier) costs more than it saves. */
 static void jc_pair_dots(const float *x, int64_t d, const float *W, const float *bias,
                          const int32_t *sample, const int32_t *indices, int64_t nnz,
                          float *values, int nthreads) {
-    #pragma omp parallel for schedule(static) num_threads(jc_threads(nthreads)) if (nnz > 256)
+    #pragma omp parallel for schedule(static) num_threads(jc_threads(nthreads)) if (nnz * d > (1 << 20))
     for (int64_t p = 0; p < nnz; p++) {
         if (p + 8 < nnz) __builtin_prefetch(W + (int64_t)indices[p + 8] * d);
         const float *w = W + (int64_t)indices[p] * d;

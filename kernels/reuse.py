@@ -53,7 +53,7 @@ def projections(K: int, n_hashes: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((K, n_hashes)).astype(np.float32)
 
 
-CALIB_ROWS = 2048
+CALIB_ROWS = 1024
 
 
 def centered_thresholds(sub: np.ndarray, proj: np.ndarray, sub_len: int, seed: int) -> np.ndarray:
@@ -68,11 +68,12 @@ def centered_thresholds(sub: np.ndarray, proj: np.ndarray, sub_len: int, seed: i
     z = np.random.default_rng([seed, 1]).standard_normal((-(-K // sub_len), H))
     out = np.zeros_like(z, dtype=np.float32)
     for p, k0 in enumerate(range(0, K, sub_len)):
-        xs = sub[:, k0:k0 + sub_len].astype(np.float64)
+        xs = sub[:, k0:k0 + sub_len].astype(np.float32)
         xs = xs[xs.any(axis=1)]
         if len(xs) == 0:
             continue
-        v = xs @ proj[k0:k0 + sub_len].astype(np.float64)
+        # elementwise, not BLAS: a BLAS call would leave its thread pool spinning
+        v = (xs[:, :, None] * proj[k0:k0 + sub_len][None]).sum(axis=1, dtype=np.float64)
         out[p] = v.mean(axis=0) + v.std(axis=0) * z[p]
     return out
 

@@ -40,6 +40,8 @@ def ref_reuse(X, W, proj, sub_len, block_rows):
     (50, 16, 33, 16, 6, 4096),  # one sub-vector per row, one block
     (1, 1, 1, 1, 1, 1),         # one row, one column
     (97, 20, 7, 3, 10, 13),
+    (120, 12, 20, 6, 24, 50),   # 17..32 hashes: the two-vector path
+    (61, 10, 4, 5, 36, 64),     # more than 32 hashes: the generic path
 ])
 def test_kernel_matches_reference(N, K, M, sub_len, H, block):
     rng = np.random.default_rng(N + K)
@@ -157,7 +159,7 @@ def ref_pixel_reuse(x, w, proj, sub_len, block_imgs, stride, pad):
 
 
 @pytest.mark.parametrize("C,sub_len,H,stride,pad,block_rows", [
-    (6, 4, 5, 1, 1, 100), (16, 16, 8, 2, 0, 4096), (3, 1, 2, 1, 2, 30)])
+    (6, 4, 5, 1, 1, 100), (16, 16, 8, 2, 0, 4096), (3, 1, 2, 1, 2, 30), (8, 8, 20, 1, 1, 60)])
 def test_pixel_shared_conv_matches_reference(C, sub_len, H, stride, pad, block_rows):
     rng = np.random.default_rng(C + H)
     x = rng.integers(0, 3, (5, C, 6, 5)).astype(np.float32)       # repeats and zero chunks
