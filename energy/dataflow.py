@@ -253,21 +253,35 @@ def _tiles(batch: MappingBatch, hw: HardwareContext) -> tuple[np.ndarray, np.nda
     return spatial, per_pe_tile, with_spatial, np.where(above_fanout, with_spatial, per_pe_tile)
 
 
-def feasible(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext) -> np.ndarray:
-    """(K,) whether each mapping fits the array and every level's capacity (dense tiles;
-    a level backing an operand holds all of it)."""
-    tile = _tiles(batch, hw)[3]
-    used_bytes = np.zeros(tile.shape[:2])
+def _fits(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext, footprints: dict[Operand, np.ndarray]) -> np.ndarray:
+    """(K,) whether each mapping fits the array and every level's capacity; ``footprints[op]``
+    is (K, L): the values of op in each level's tile (dense: a buffer must hold a tile whatever
+    its sparsity). A level backing an operand holds all of it."""
+    used_bytes = np.zeros(footprints[Operand.WEIGHTS].shape)
     for op in OPERANDS:
         levels = ctx.levels_holding(op)
-        for level in levels:
-            size = _full_size(op, ctx) if level == levels[-1] else _footprint(op, tile[:, level], ctx)
-            used_bytes[:, level] += size * ctx.bits_of(op) / 8
+        bytes_per_value = ctx.bits_of(op) / 8
+        for level in levels[:-1]:
+            used_bytes[:, level] += footprints[op][:, level] * bytes_per_value
+        used_bytes[:, levels[-1]] += _full_size(op, ctx) * bytes_per_value
     return (
         (batch.spatial_rows.prod(axis=1) <= hw.rows)
         & (batch.spatial_cols.prod(axis=1) <= hw.cols)
         & np.all(used_bytes <= hw.capacity_bytes[None, :] * (1 + 1e-12), axis=1)
     )
+
+
+def feasible(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext) -> np.ndarray:
+    """(K,) whether each mapping fits the array and every level's capacity."""
+    tile = _tiles(batch, hw)[3]
+    return _fits(batch, ctx, hw, {op: _footprint(op, tile, ctx) for op in OPERANDS})
+
+
+def _above(per_level: np.ndarray) -> np.ndarray:
+    """(K, L): product of ``per_level`` over the levels above each level (1 at the top)."""
+    out = np.ones_like(per_level)
+    out[:, :-1] = np.cumprod(per_level[:, :0:-1], axis=1)[:, ::-1]
+    return out
 
 
 def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext) -> BatchCost:
@@ -280,33 +294,25 @@ def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext) -> Bat
     macs = float(np.prod(ctx.bounds, dtype=np.float64))
 
     # Loops above each level: total product and the reuse bought by irrelevant innermost loops.
-    level_prod = T.prod(axis=2).astype(np.float64)  # (K, L)
-    above = np.ones((K, L))
-    for l in range(L - 2, -1, -1):
-        above[:, l] = above[:, l + 1] * level_prod[:, l + 1]
+    above = _above(T.prod(axis=2).astype(np.float64))  # (K, L)
     order_dims = ORDERS[batch.order]  # (K, L, 8)
     t_ordered = np.take_along_axis(T, order_dims, axis=2).reshape(K, L * 8).astype(np.float64)
     prefix = np.concatenate([np.ones((K, 1)), np.cumprod(t_ordered, axis=1)], axis=1)
     positions = np.arange(L * 8)
-    rows_k = np.arange(K)
+    starts = np.arange(1, L) * 8  # where the loops above level l begin, l = 0 .. L-2
 
     def fills(op: Operand) -> np.ndarray:
         """(K, L): times each level's tile of ``op`` is (re)loaded."""
         hit = RELEVANT[op][order_dims].reshape(K, L * 8) & (t_ordered > 1)
         first = np.where(hit, positions, L * 8)
-        next_hit = np.minimum.accumulate(first[:, ::-1], axis=1)[:, ::-1]
+        next_hit = np.minimum.accumulate(first[:, ::-1], axis=1)[:, ::-1][:, starts]
         out = np.ones((K, L))
-        for l in range(L - 1):
-            start = (l + 1) * 8
-            reuse = prefix[rows_k, next_hit[:, start]] / prefix[:, start]
-            out[:, l] = above[:, l] / reuse
+        out[:, :-1] = above[:, :-1] * prefix[:, starts] / np.take_along_axis(prefix, next_hit, axis=1)
         return out
 
-    relevant_o = RELEVANT[Operand.OUTPUTS]
-    level_prod_o = np.where(relevant_o[None, None, :], T, 1).prod(axis=2).astype(np.float64)
-    distinct_o = np.ones((K, L))
-    for l in range(L - 2, -1, -1):
-        distinct_o[:, l] = distinct_o[:, l + 1] * level_prod_o[:, l + 1]
+    distinct_o = _above(np.where(RELEVANT[Operand.OUTPUTS][None, None, :], T, 1).prod(axis=2).astype(np.float64))
+    footprints = {op: _footprint(op, tile, ctx) for op in OPERANDS}  # (K, L) each
+    unions = {op: _footprint(op, with_spatial, ctx) for op in OPERANDS}  # the whole array's tile
 
     # Sparsity: which densities scale MAC work, cycles and bits moved.
     eff_all, eff_skip = 1.0, 1.0
@@ -342,9 +348,9 @@ def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext) -> Bat
         f = fills(op)
         for child, parent in zip(levels[:-1], levels[1:]):
             crossing = child < hw.n_per_pe <= parent
-            per_copy = _footprint(op, tile[:, child], ctx)
+            per_copy = footprints[op][:, child]
             copies = n_pes if child < hw.n_per_pe else np.ones(K)
-            union = _footprint(op, with_spatial[:, child], ctx) if crossing else per_copy
+            union = unions[op][:, child] if crossing else per_copy
             union_copies = np.ones(K) if crossing else copies
             child_words = copies * _words(per_copy, bits_at(child), hw.width_bits[child])
             parent_words = union_copies * _words(union, bits_at(parent), hw.width_bits[parent])
@@ -374,13 +380,13 @@ def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext) -> Bat
             add(reads, (noc, op), macs * scale * _words(1.0, dense_bits, word))
         if op is Operand.OUTPUTS:
             copies = n_pes if inner < hw.n_per_pe else np.ones(K)
-            fresh = distinct_o[:, inner] * copies * _words(_footprint(op, tile[:, inner], ctx), dense_bits, width)
+            fresh = distinct_o[:, inner] * copies * _words(footprints[op][:, inner], dense_bits, width)
             add(writes, (inner, op), per_mac)
             add(reads, (inner, op), np.maximum(per_mac - fresh, 0.0))
         else:
             add(reads, (inner, op), per_mac)
 
-    fits = feasible(batch, ctx, hw)
+    fits = _fits(batch, ctx, hw, footprints)
     mac_bits = max(ctx.bits_of(Operand.WEIGHTS), ctx.bits_of(Operand.INPUTS))
     effective_macs = macs * eff_all
     compute_pj = effective_macs * spec.mac_energy_pj(mac_bits)
