@@ -100,11 +100,14 @@ def check_model(files: ModelFiles) -> None:
 def prepare_models(sources, out: Path, seed: int) -> dict[str, ModelFiles]:
     """``{name: ModelFiles}`` for every model; examples are built under ``out/models/<name>``."""
     prepared = {}
+    for source in sources:  # the given files first: a bad one stops the sweep before any training
+        if not source.example:
+            files = ModelFiles(source.name, source.onnx_path, source.train_path, source.test_path)
+            check_model(files)
+            prepared[source.name] = files
     for source in sources:
         if source.example:
             files = build_example(source, Path(out) / "models" / source.name, seed)
-        else:
-            files = ModelFiles(source.name, source.onnx_path, source.train_path, source.test_path)
-        check_model(files)
-        prepared[source.name] = files
-    return prepared
+            check_model(files)
+            prepared[source.name] = files
+    return {source.name: prepared[source.name] for source in sources}

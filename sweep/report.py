@@ -80,8 +80,11 @@ def _pareto_plot(device: str, cells: list[CellResult], out: Path) -> dict:
     for m in methods:
         ax.scatter([], [], color="gray", marker=markers[m], label=m)
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: ""))
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    low, high = ax.get_xlim()
+    # label the 2..9 ticks too when the axis spans little more than a decade
+    ax.xaxis.set_minor_formatter(plain if high / low < 30 else matplotlib.ticker.NullFormatter())
     ax.set_xlabel("estimated energy per inference (uJ, log)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{device}: accuracy vs estimated energy")

@@ -237,8 +237,11 @@ def run_sweep(
     show = sys.stderr.isatty() if progress is None else progress
     bar = None
     if show:
-        from tqdm import tqdm
-
+        try:
+            from tqdm import tqdm
+        except ImportError:  # tqdm is in the `all` extra; without it, no bar
+            tqdm = None
+    if show and tqdm is not None:
         bar = tqdm(total=len(all_jobs), initial=len(done), unit="cell", desc="sweep", file=sys.stderr)
     computed = []
     try:

@@ -280,3 +280,23 @@ def test_output_errors(setup: Path, tmp_path: Path):
     assert default.summary().splitlines()[0].startswith("6 cells: 6 ok, 0 failed (computed 6, reused 0) in ")
     with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
         run_sweep(setup / "sweep.yaml", tmp_path / "o", jobs=0, cell_fn=_fake_cell)
+
+
+def test_bad_model_or_data_stops_before_any_work(setup: Path, tmp_path: Path):
+    from energy.errors import DataError, ModelError
+
+    (tmp_path / "bad.onnx").write_bytes(b"not an onnx file")
+    np.savez(tmp_path / "wide.npz", x=np.zeros((4, 1, 9, 9), np.float32), y=np.zeros(4, np.int64))
+    base = f"models:\n  - {{example: digits}}\n  - {{name: m, onnx: {{onnx}}, train: {setup}/train.npz, test: {{test}}}}\n" \
+           "devices: [eyeriss]\nbudgets: [100%, 50%]\n"
+    bad_model = tmp_path / "bad_model.yaml"
+    bad_model.write_text(base.replace("{onnx}", str(tmp_path / "bad.onnx")).replace("{test}", f"{setup}/test.npz"))
+    with pytest.raises(ModelError, match="bad.onnx"):
+        run_sweep(bad_model, tmp_path / "out1", cell_fn=_fake_cell)
+    bad_data = tmp_path / "bad_data.yaml"
+    bad_data.write_text(base.replace("{onnx}", str(setup / "mlp.onnx")).replace("{test}", str(tmp_path / "wide.npz")))
+    with pytest.raises(DataError, match=r"wide\.npz: inputs must have shape \(N, 1, 8, 8\)"):
+        run_sweep(bad_data, tmp_path / "out2", cell_fn=_fake_cell)
+    # neither trained the example model nor ran a cell
+    assert not (tmp_path / "out1" / "models").exists() and not (tmp_path / "out2" / "models").exists()
+    assert not (tmp_path / "out1" / "cells").exists() and not (tmp_path / "out2" / "cells").exists()
