@@ -38,8 +38,9 @@ from kernels.reuse import im2col, reuse_conv2d
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Hashed and reuse kernels"
 # (sub_len, n_hashes, centered thresholds)
-SETTINGS = [(16, 6, False), (16, 16, False), (16, 16, True), (16, 32, True), (8, 16, True),
-            (8, 32, True), (4, 16, True), (4, 32, True), (2, 16, True)]
+SETTINGS = [(16, 8, False), (16, 16, False), (16, 32, False), (16, 16, True), (16, 24, True),
+            (16, 32, True), (16, 48, True), (32, 32, True), (32, 48, True), (8, 32, True),
+            (4, 32, True)]
 
 
 def update_section(path: str, key: str, text: str) -> None:

@@ -56,20 +56,27 @@ cdef extern from *:
     #endif
 
     /* out[0:n] = scale * sum_j c[j] * B[j*ldb + 0:n] for j < len: the centroid times its
-     * slice of W. Accumulates 64 columns at a time in registers (no store per j). */
+     * slice of W. 128 columns at a time in eight register accumulators: enough independent
+     * FMA chains to hide the FMA latency, and no store per j. */
     static void jr_vecmat(const float *c, int64_t len, float scale, const float *B, int64_t ldb,
                           int64_t n, float *out) {
         int64_t m = 0;
-        for (; m + 64 <= n; m += 64) {
-            jr_v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (; m + 128 <= n; m += 128) {
+            jr_v16 a[8] = {{0}, {0}, {0}, {0}, {0}, {0}, {0}, {0}};
             for (int64_t j = 0; j < len; j++) {
                 const float v = c[j];
                 const float *b = B + j * ldb + m;
-                a0 += v * jr_load(b); a1 += v * jr_load(b + 16);
-                a2 += v * jr_load(b + 32); a3 += v * jr_load(b + 48);
+                for (int u = 0; u < 8; u++) a[u] += v * jr_load(b + 16 * u);
+            }
+            for (int u = 0; u < 8; u++) jr_store(out + m + 16 * u, a[u] * scale);
+        }
+        for (; m + 32 <= n; m += 32) {
+            jr_v16 a0 = {0}, a1 = {0};
+            for (int64_t j = 0; j < len; j++) {
+                a0 += c[j] * jr_load(B + j * ldb + m);
+                a1 += c[j] * jr_load(B + j * ldb + m + 16);
             }
             jr_store(out + m, a0 * scale); jr_store(out + m + 16, a1 * scale);
-            jr_store(out + m + 32, a2 * scale); jr_store(out + m + 48, a3 * scale);
         }
         for (; m + 16 <= n; m += 16) {
             jr_v16 a0 = {0};
@@ -262,7 +269,7 @@ cdef extern from *:
         const int64_t n_chunks = (C + sub_len - 1) / sub_len;
         const int64_t n_blocks = (n_img + block_imgs - 1) / block_imgs;
         const int64_t px_img = Hh * Wd, out_img = P * Q, RS = R * S;
-        const int64_t cap_px = block_imgs * px_img, cap_out = block_imgs * out_img;
+        const int64_t cap_px = block_imgs * px_img;
         int failed = 0;
         #pragma omp parallel num_threads(jr_threads(nthreads)) if (n_blocks > 1)
         {
@@ -276,9 +283,8 @@ cdef extern from *:
             int32_t *cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)cap_px);
             float *prod = (float *)malloc(sizeof(float) * (size_t)(cap_px * RS * M));
             float *xs = (float *)malloc(sizeof(float) * (size_t)(cap_px * C));     /* NHWC */
-            float *ys = (float *)malloc(sizeof(float) * (size_t)(cap_out * M));    /* NHWC */
             const float **src = (const float **)malloc(sizeof(float *) * (size_t)RS);
-            if (!code || !key || !cid || !table || !cent || !cnt || !prod || !xs || !ys || !src) {
+            if (!code || !key || !cid || !table || !cent || !cnt || !prod || !xs || !src) {
                 #pragma omp atomic write
                 failed = 1;
             } else {
@@ -293,7 +299,9 @@ cdef extern from *:
                             float *xo = xs + (im - i0) * px_img * C + c;
                             for (int64_t t = 0; t < px_img; t++) xo[t * C] = xc[t];
                         }
-                    memset(ys, 0, sizeof(float) * (size_t)(nout * M));
+                    float *ys = y + i0 * out_img * M;      /* this block's rows of y (NHWC) */
+                    for (int64_t o = 0; o < nout; o++)
+                        for (int64_t m = 0; m < M; m++) ys[o * M + m] = bias ? bias[m] : 0.0f;
                     for (int64_t g = 0; g < n_chunks; g++) {
                         const int64_t c0 = g * sub_len;
                         const int64_t len = c0 + sub_len < C ? sub_len : C - c0;
@@ -371,18 +379,10 @@ cdef extern from *:
                         clusters[b * n_chunks + g] = nc;
                         zero_px[b * n_chunks + g] = zeros;
                     }
-                    /* NHWC scratch -> NCHW output, plus bias */
-                    for (int64_t im = i0; im < i1; im++)
-                        for (int64_t m = 0; m < M; m++) {
-                            float *yo = y + (im * M + m) * out_img;
-                            const float *yi = ys + (im - i0) * out_img * M + m;
-                            const float bm = bias ? bias[m] : 0.0f;
-                            for (int64_t t = 0; t < out_img; t++) yo[t] = yi[t * M] + bm;
-                        }
                 }
             }
             free(code); free(key); free(cid); free(table); free(cent); free(cnt); free(prod);
-            free(xs); free(ys); free((void *)src);
+            free(xs); free((void *)src);
         }
         return failed;
     }
@@ -486,7 +486,8 @@ def reuse_conv_kernel(x, weight, proj, int sub_len, int stride, int pad, int64_t
                       int nthreads=0, thresholds=None, bias=None):
     """Conv2d with deep reuse shared across kernel offsets: (y [N, M, P, Q], clusters,
     zero_px), the last two [n_blocks, n_chunks] int64 (per block of images and channel chunk:
-    nonzero clusters of input pixels, all-zero pixel chunks).
+    nonzero clusters of input pixels, all-zero pixel chunks). y is an NCHW view of
+    channels-last memory (like torch.channels_last): y.transpose(0, 2, 3, 1) is contiguous.
 
     x [N, C, H, W], weight [M, C, R, S], proj [C, n_hashes] float32; sub-vectors are chunks
     of sub_len channels of one input pixel. thresholds [n_chunks, n_hashes] or None as in
@@ -524,7 +525,8 @@ def reuse_conv_kernel(x, weight, proj, int sub_len, int stride, int pad, int64_t
     cdef int64_t n_blocks = (N + block_imgs - 1) // block_imgs if N else 0
     if block_imgs * Hh * Wd >= 2**30:
         raise ValueError("block_imgs * H * W must be < 2**30")
-    y = np.empty((N, M, P, Q), dtype=np.float32)
+    y_nhwc = np.empty((N, P, Q, M), dtype=np.float32)
+    y = y_nhwc.transpose(0, 3, 1, 2)
     clusters = np.zeros((n_blocks, n_chunks), dtype=np.int64)
     zero_px = np.zeros((n_blocks, n_chunks), dtype=np.int64)
     if N == 0 or M == 0 or P * Q == 0:
@@ -540,7 +542,7 @@ def reuse_conv_kernel(x, weight, proj, int sub_len, int stride, int pad, int64_t
     cdef float[:, :, :, ::1] xv = x
     cdef float[:, ::1] wv = W3
     cdef float[:, ::1] pv = projT
-    cdef float[:, :, :, ::1] yv = y
+    cdef float[:, :, :, ::1] yv = y_nhwc
     cdef int64_t[:, ::1] cv = clusters
     cdef int64_t[:, ::1] zv = zero_px
     cdef const float *bp = NULL

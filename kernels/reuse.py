@@ -158,7 +158,9 @@ def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
     im2col layout (r, s, c); such a chunk is the sub-vector of all R*S im2col rows that
     read the pixel, so it is hashed and clustered once instead of R*S times (the products
     per cluster are formed for every (r, s)). Rows are clustered within blocks of about
-    block_rows input pixels (whole images). Stats count clusters per input pixel.
+    block_rows input pixels (whole images). Stats count clusters per input pixel. The
+    result is an NCHW view of channels-last memory (as torch.channels_last; np.ascontiguousarray
+    gives plain NCHW).
     share="im2col": reuse_matmul on the (c, r, s)-ordered im2col matrix, sub-vectors of
     sub_len consecutive columns, clustered per im2col position.
     centered: hash thresholds through the data's centre (see centered_thresholds).
@@ -201,7 +203,7 @@ def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
         if compute_error:
             cols, P, Q = im2col(x, R, S, stride, pad)
             exact = cols @ weight.reshape(M, -1).T
-            got = y.transpose(0, 2, 3, 1).reshape(exact.shape)
+            got = y.transpose(0, 2, 3, 1).reshape(exact.shape)   # y is channels-last in memory
             if bias is not None:
                 got = got - bias.astype(np.float32)
             denom = float(np.linalg.norm(exact))
