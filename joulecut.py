@@ -142,7 +142,8 @@ def cmd_hw(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from pruning.validate import validate
 
-    report = validate(args.model, args.hw, data=args.data, repeats=args.repeats, threads=args.threads, seed=args.seed)
+    report = validate(args.model, args.hw, data=args.data, repeats=args.repeats, threads=args.threads, seed=args.seed,
+                      batch=args.batch)
     print(report.table())
     return EXIT_OK
 
@@ -177,6 +178,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from pruning.data import load_npz
 
     _check_output(args.output, args.model)
+    if args.granularity == "hashed":
+        return _prune_hashed(args)
+    if args.layers:
+        raise UsageError("--layers goes with --granularity hashed")
     budget = parse_budget(args.budget) if args.budget is not None else None  # a bad budget fails before any work
     x, y = load_npz(args.data)
     method = args.method or ("budget" if budget is not None else "energy-aware")
@@ -196,6 +201,29 @@ def cmd_prune(args: argparse.Namespace) -> int:
     write_atomic(f"{stem}.md", result.to_markdown(), protect=(args.model,))
     print(result.to_markdown().rstrip())
     print(f"\nwrote {args.output}, {stem}.json, {stem}.md")
+    return EXIT_OK
+
+
+def _prune_hashed(args: argparse.Namespace) -> int:
+    """Chosen wide Gemm/MatMul layers become SLIDE hashed layers; the estimate shows the effect."""
+    from energy import estimate, load_model
+    from pruning.data import load_npz
+    from pruning.hashed import export_hashed, prune_hashed
+
+    if not args.layers:
+        raise UsageError("--granularity hashed needs --layers NAME[,NAME...] (the wide Gemm/MatMul layers to hash)")
+    if args.budget is not None:
+        raise UsageError("--granularity hashed reaches --target-active, not an energy budget")
+    result = prune_hashed(args.model, [n for n in args.layers.split(",") if n], load_npz(args.data),
+                          target_active_fraction=args.target_active, seed=args.seed)
+    export_hashed(result, args.output, source=args.model)
+    before = estimate(load_model(args.model).graph, args.hw)
+    after = estimate(load_model(args.output).graph, args.hw)
+    for name, layer in result.layers.items():
+        print(f"{name}: {layer.to_dict()}")
+    print(f"accuracy {result.accuracy_before} -> {result.accuracy_after}")
+    print(before.diff(after).table())
+    print(f"wrote {args.output}")
     return EXIT_OK
 
 
@@ -233,7 +261,8 @@ def cmd_train_sparse(args: argparse.Namespace) -> int:
         weights = sum(l.dims.weight_elements for l in graph.mac_layers() if l.weight is not None)
         nonzero_budget, how = max(1, int(density * weights)), f"energy budget {budget}: weight density {density:.3f}"
     model, history = train_sparse(module, (tx, ty), epochs=args.epochs, lr=args.lr, method=args.method, seed=args.seed,
-                                  sparsity=args.sparsity, nonzero_budget=nonzero_budget)
+                                  sparsity=args.sparsity, nonzero_budget=nonzero_budget,
+                                  scale_initial_weights=not args.no_scale_init)
     acc = accuracy(model, torch.from_numpy(vx), torch.from_numpy(vy))
     export_onnx(model, torch.from_numpy(tx[:1]), args.output, source=args.model)
     total = sum(int(p.numel()) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1)
@@ -286,7 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="pruned ONNX file (a .json and .md report go beside it)")
     p.add_argument("--method", choices=["energy-aware", "budget", "magnitude"], default=None,
                    help="default: budget when --budget is given, else energy-aware")
-    p.add_argument("--granularity", choices=["weight", "channel", "block"], default="channel")
+    p.add_argument("--granularity", choices=["weight", "channel", "block", "hashed"], default="channel")
+    p.add_argument("--layers", help="with --granularity hashed: the Gemm/MatMul layers to hash, comma-separated")
+    p.add_argument("--target-active", type=float, default=0.05,
+                   help="with --granularity hashed: fraction of output neurons active per sample")
     p.add_argument("--allowed-drop", type=float, default=0.01, help="accuracy drop allowed (energy-aware), 0.01 = 1 point")
     p.add_argument("--finetune-epochs", type=float, default=3.0)
     p.add_argument("--channel-multiple", type=int, default=1, help="round kept channels to a multiple (e.g. 8)")
@@ -303,7 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hw", help="spec for --energy-budget")
     p.add_argument("--method", choices=["dsr", "static"], default="dsr")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.2)
+    p.add_argument("--no-scale-init", action="store_true",
+                   help="keep torch's default init (by default kept weights are scaled up for the sparse fan-in)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_sparse)
@@ -313,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hw", required=True, help="built-in spec name or a YAML file")
     p.add_argument("--data", help=".npz with inputs (key x); default: seeded random inputs")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per mode (median)")
+    p.add_argument("--batch", type=int, default=1, help="batch size for a symbolic batch dimension")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_validate)

@@ -483,6 +483,14 @@ def hashed_onnx(module: OnnxModule, layers: dict[str, HashedLayer], mode: str = 
     model = onnx_from_module(module)
     graph = model.graph
     tensors: list[onnx.TensorProto] = []
+    taken = {t.name for t in graph.initializer}
+
+    def fresh(name: str) -> str:  # the exported model may already hold e.g. "fc2.weight"
+        while name in taken:
+            name += ".hashed"
+        taken.add(name)
+        return name
+
     for node, step in zip(graph.node, module.steps):
         if step.name not in layers:
             continue
@@ -490,8 +498,8 @@ def hashed_onnx(module: OnnxModule, layers: dict[str, HashedLayer], mode: str = 
         if not isinstance(h, HashedLinearModule):
             raise ModelError("layer is listed as hashed but its module is not a HashedLinearModule", node=step.name)
         n = step.name
-        arrays = {f"{n}.weight": h.weight.detach().numpy(), f"{n}.bias": h.bias.detach().numpy(),
-                  f"{n}.bucket_offsets": h.slide.tables.offsets, f"{n}.bucket_ids": h.slide.tables.ids}
+        arrays = {fresh(f"{n}.weight"): h.weight.detach().numpy(), fresh(f"{n}.bias"): h.bias.detach().numpy(),
+                  fresh(f"{n}.bucket_offsets"): h.slide.tables.offsets, fresh(f"{n}.bucket_ids"): h.slide.tables.ids}
         tensors += [numpy_helper.from_array(np.ascontiguousarray(a), k) for k, a in arrays.items()]
         new = helper.make_node(OP_TYPE, [node.input[0], *arrays], [node.output[0]], name=n, domain=DOMAIN,
                                K=h.K, L=h.L, family=h.family, seed=h.seed, mode=mode,
