@@ -136,3 +136,45 @@ def test_mapping_factors_must_match_the_layer():
     bad = mapping(Dataflow.NO_LOCAL_REUSE, ["buf", "DRAM"], [factors(N=2, C=2), factors()])
     with pytest.raises(ValueError, match="M multiply to 1"):
         estimate_mapping(gemm, two_level_spec(1024), bad)
+
+
+def test_eight_bit_operands_pack_two_to_a_word():
+    # The first conv1d mapping with 8-bit operands on 16-bit levels: DRAM moves ceil(3*8/16) = 2
+    # weight words, ceil(6*8/16) = 3 input words and ceil(4*8/16) = 2 output words; the spec has
+    # only a 16-bit MAC, so each of the 12 MACs costs 1 pJ.
+    layer = CONV1D.replace(weight_bits=8, input_bits=8, output_bits=8)
+    le = estimate_mapping(layer, two_level_spec(1024),
+                          mapping(Dataflow.NO_LOCAL_REUSE, ["buf", "DRAM"], [factors(P=4, R=3), factors()]))
+    assert accesses(le, "DRAM", "weights") == (2, 0)
+    assert accesses(le, "DRAM", "inputs") == (3, 0)
+    assert accesses(le, "DRAM", "outputs") == (0, 2)
+    assert le.compute_pj == 12
+
+
+def os_spec() -> HardwareSpec:
+    """1x2 array, each PE with one psum accumulator (per-PE RF, outputs only), buffer, DRAM."""
+    return HardwareSpec(
+        name="os", description="", source="test", technology_nm=45, clock_hz=1e9, word_bits=16,
+        mac_pj=((16, 1.0),),
+        levels=(level("RF", 2, 0.5, 0.5, {Operand.OUTPUTS}, per_pe=True), level("buf", 1024, 2.0, 3.0),
+                level("DRAM", None, 100.0, 150.0)),
+        pe_array=PEArray(1, 2, 0.25), dataflows=(Dataflow.OUTPUT_STATIONARY,),
+    )
+
+
+def test_output_stationary_gemm():
+    # M=2 across the PEs; each PE accumulates its output over C=2 in its register, N=2 at the buffer.
+    gemm = Layer("fc", OpKind.GEMM, "Gemm", dims=LoopDims(N=2, C=2, M=2))
+    m = mapping(Dataflow.OUTPUT_STATIONARY, ["RF", "buf", "DRAM"], [factors(C=2), factors(N=2), factors()],
+                cols=factors(M=2), orders=["WOI", "OWI", "WOI"])
+    le = estimate_mapping(gemm, os_spec(), m)
+    # 8 MAC updates, 2 outputs x 2 PEs start fresh; each finished psum (2 per PE) goes up once
+    assert accesses(le, "RF", "outputs") == (4 + 4, 8)
+    assert accesses(le, "buf", "outputs") == (4, 4)  # 4 written by the PEs, 4 read to go to DRAM
+    # weights and inputs stream from the buffer: 4 array steps, 2 distinct weights / 1 input each
+    assert accesses(le, "buf", "weights") == (8, 4)
+    assert accesses(le, "buf", "inputs") == (4, 4)
+    assert (le.levels["array"]["weights"].reads, le.levels["array"]["inputs"].reads,
+            le.levels["array"]["outputs"].reads) == (8, 8, 4)
+    # 8 MAC + RF 16*0.5 + buf reads 16*2 + writes 12*3 + DRAM 8*100 + 4*150 + array 20*0.25
+    assert le.energy_pj == pytest.approx(8 + 8 + 32 + 36 + 1400 + 5)
