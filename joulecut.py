@@ -180,8 +180,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     _check_output(args.output, args.model)
     if args.granularity == "hashed":
         return _prune_hashed(args)
+    if args.granularity == "reuse":
+        return _prune_reuse(args)
     if args.layers:
-        raise UsageError("--layers goes with --granularity hashed")
+        raise UsageError("--layers goes with --granularity hashed or reuse")
     budget = parse_budget(args.budget) if args.budget is not None else None  # a bad budget fails before any work
     x, y = load_npz(args.data)
     method = args.method or ("budget" if budget is not None else "energy-aware")
@@ -223,6 +225,27 @@ def _prune_hashed(args: argparse.Namespace) -> int:
         print(f"{name}: {layer.to_dict()}")
     print(f"accuracy {result.accuracy_before} -> {result.accuracy_after}")
     print(before.diff(after).table())
+    print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def _prune_reuse(args: argparse.Namespace) -> int:
+    """Chosen convs become deep-reuse convs; cluster ratios measured on the first 64 inputs."""
+    from energy import estimate, load_model
+    from energy.io import write_atomic
+    from pruning.data import load_npz
+    from pruning.reuse import to_reuse
+
+    if not args.layers:
+        raise UsageError("--granularity reuse needs --layers NAME[,NAME...] (the convs to run with deep reuse)")
+    x, _ = load_npz(args.data)
+    result = to_reuse(args.model, [n for n in args.layers.split(",") if n], x[:64],
+                      sub_len=args.reuse_sub_len, n_hashes=args.reuse_hashes, seed=args.seed)
+    write_atomic(args.output, result.model.SerializeToString(), protect=(args.model,))
+    for layer in result.layers.values():
+        print(f"{layer.name}: cluster ratio {layer.cluster_ratio:.3f}, output error {layer.relative_error:.4f}, "
+              f"{layer.mac_ratio:.2f}x fewer MACs")
+    print(estimate(load_model(args.model).graph, args.hw).diff(estimate(load_model(args.output).graph, args.hw)).table())
     print(f"wrote {args.output}")
     return EXIT_OK
 
@@ -315,8 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="pruned ONNX file (a .json and .md report go beside it)")
     p.add_argument("--method", choices=["energy-aware", "budget", "magnitude"], default=None,
                    help="default: budget when --budget is given, else energy-aware")
-    p.add_argument("--granularity", choices=["weight", "channel", "block", "hashed"], default="channel")
-    p.add_argument("--layers", help="with --granularity hashed: the Gemm/MatMul layers to hash, comma-separated")
+    p.add_argument("--granularity", choices=["weight", "channel", "block", "hashed", "reuse"], default="channel")
+    p.add_argument("--layers", help="with --granularity hashed / reuse: the Gemm/MatMul layers to hash, or the "
+                                    "convs to run with deep reuse, comma-separated")
+    p.add_argument("--reuse-sub-len", type=int, default=8, help="with --granularity reuse: sub-vector length")
+    p.add_argument("--reuse-hashes", type=int, default=6, help="with --granularity reuse: hashes per sub-vector")
     p.add_argument("--target-active", type=float, default=0.05,
                    help="with --granularity hashed: fraction of output neurons active per sample")
     p.add_argument("--allowed-drop", type=float, default=0.01, help="accuracy drop allowed (energy-aware), 0.01 = 1 point")
@@ -400,6 +426,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("joulecut: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader (e.g. `| head`) went away: not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as e:  # an internal error: say so plainly, the traceback is for a bug report
         import traceback
 

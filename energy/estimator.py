@@ -21,6 +21,7 @@ from hwspecs.spec import Dataflow, HardwareSpec, Operand
 from energy.dataflow import OPERANDS, BatchCost, HardwareContext, evaluate, hardware_context, layer_context
 from energy.errors import ModelError, OptionError
 from energy.hashed import hashed_layer_energy
+from energy.reuse import reuse_layer_energy
 from energy.ir import Graph, Layer, OpKind
 from energy.mapper import Mapping, best_in, search_pool
 from energy.report import EnergyReport, LayerEnergy, OperandAccess
@@ -35,6 +36,7 @@ ASSUMPTIONS = (
     "an elementwise op on a tensor nothing else reads is fused into its producer's write-back (ALU energy only)",
     "ConvTranspose is costed in its scatter form (one MAC per input pixel x kernel tap x output channel)",
     "hashed (SLIDE) layers: hashing, bucket lookups, active-set MACs and gathered weight rows, all at backing levels",
+    "deep-reuse convs: hashing plus cluster-ratio x MACs of compute; data movement as the plain conv (an upper bound)",
 )
 
 ProgressFn = Callable[[int, int, str], None]
@@ -234,6 +236,8 @@ def estimate_layer(layer: Layer, spec: HardwareSpec, *, dataflow: Dataflow | str
     """The energy of one layer (MAC layers: best mapping over the allowed dataflows)."""
     if objective not in ("energy", "edp"):
         raise OptionError(f"objective must be 'energy' or 'edp', got {objective!r}")
+    if layer.op is OpKind.REUSE:
+        return reuse_layer_energy(layer, spec, lambda conv: _mac_layer(conv, spec, _dataflows(spec, dataflow), objective))
     if layer.op is OpKind.HASHED:
         return hashed_layer_energy(layer, spec, lambda gemm: _mac_layer(gemm, spec, _dataflows(spec, dataflow), objective))
     if layer.is_mac:

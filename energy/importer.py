@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 from energy.errors import ModelError
 from energy.ir import Graph, Layer, OpKind
-from energy.opset import JOULECUT_DOMAIN, JOULECUT_TABLE, OP_TABLE, NodeView, TensorFacts, hashed_linear_output_shape
+from energy.opset import JOULECUT_DOMAIN, JOULECUT_TABLE, OP_TABLE, NodeView, TensorFacts, joulecut_output_shape
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # Ops whose output is not a function of their inputs: never constant-folded.
@@ -89,8 +89,8 @@ def load_model(
 
 
 def _declare_joulecut_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx cannot infer the outputs of joulecut's own ops: declare them (X[..., in] @ W^T gives
-    [..., out]) pass by pass until every such output has a shape, then infer the rest."""
+    """onnx cannot infer the outputs of joulecut's own ops: declare them from their input and
+    weight shapes, pass by pass until every such output has a shape, then infer the rest."""
     custom = [n for n in proto.graph.node if n.domain == JOULECUT_DOMAIN and n.op_type in JOULECUT_TABLE]
     inits = {t.name: tuple(t.dims) for t in proto.graph.initializer}
     model = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
@@ -111,7 +111,7 @@ def _declare_joulecut_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
             out = node.output[0]
             x, w = shape_of(node.input[0]), shape_of(node.input[1])
             if shape_of(out) is None and x is not None and w is not None:
-                info = onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, list(hashed_linear_output_shape(x, w)))
+                info = onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, list(joulecut_output_shape(node, x, w)))
                 kept = [v for v in proto.graph.value_info if v.name != out]
                 del proto.graph.value_info[:]
                 proto.graph.value_info.extend(kept + [info])

@@ -29,9 +29,10 @@ class OpKind(Enum):
     DATA_MOVEMENT = "data_movement"  # Concat, Split, Transpose, Gather, Slice, and unknown ops
     SHAPE = "shape"  # Reshape, Flatten, Squeeze, Identity, Shape ...: zero cost
     HASHED = "hashed"  # joulecut.HashedLinear: an LSH-selected fully connected layer (SLIDE)
+    REUSE = "reuse"  # joulecut.ReuseConv: a Conv computing one product per cluster of similar inputs
 
 
-MAC_KINDS = frozenset({OpKind.CONV, OpKind.CONV_TRANSPOSE, OpKind.GEMM, OpKind.MATMUL, OpKind.HASHED})
+MAC_KINDS = frozenset({OpKind.CONV, OpKind.CONV_TRANSPOSE, OpKind.GEMM, OpKind.MATMUL, OpKind.HASHED, OpKind.REUSE})
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,12 @@ class Layer:
     hash_tables: int = 0
     active_fraction: float = 1.0
     batched: bool = True  # each active weight row loaded once for all samples that chose it
+    # Deep-reuse convs only: clusters per input sub-vector (measured), hashes per sub-vector.
+    cluster_ratio: float = 1.0
+    reuse_hashes: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("weight_density", "input_density", "active_fraction"):
+        for name in ("weight_density", "input_density", "active_fraction", "cluster_ratio"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"layer {self.name}: {name} must be in [0, 1], got {value}")

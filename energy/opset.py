@@ -494,9 +494,30 @@ def hashed_linear(view: NodeView) -> Layer:
     )
 
 
-def hashed_linear_output_shape(x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(x_shape[:-1]) + (w_shape[0],)
+def reuse_conv(view: NodeView) -> Layer:
+    """joulecut.ReuseConv(X, W, B?): a Conv (same attributes) with adaptive deep reuse; the
+    measured cluster ratio and the hashes per sub-vector come from its attributes."""
+    ratio = float(view.attr("cluster_ratio", 1.0))
+    if not 0.0 < ratio <= 1.0:
+        raise view.error(f"ReuseConv attribute cluster_ratio must be in (0, 1], got {ratio}")
+    layer = _conv_layer(view, view.input(0), view.input(1), view.output())
+    return layer.replace(op=OpKind.REUSE, onnx_op=f"{JOULECUT_DOMAIN}.{view.op}", cluster_ratio=ratio,
+                         reuse_hashes=int(view.attr("n_hashes", 0)))
 
 
-JOULECUT_TABLE: Mapping[str, Handler] = MappingProxyType({"HashedLinear": hashed_linear})
+def joulecut_output_shape(node: onnx.NodeProto, x: tuple[int, ...], w: tuple[int, ...]) -> tuple[int, ...]:
+    """Output shape of a joulecut op from its input and weight shapes (onnx cannot infer it)."""
+    if node.op_type == "HashedLinear":
+        return tuple(x[:-1]) + (w[0],)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    kernel = w[2:]
+    strides = list(attrs.get("strides", [1] * len(kernel)))
+    pads = list(attrs.get("pads", [0] * 2 * len(kernel)))
+    dil = list(attrs.get("dilations", [1] * len(kernel)))
+    spatial = tuple((size + pads[i] + pads[i + len(kernel)] - (k - 1) * dil[i] - 1) // strides[i] + 1
+                    for i, (size, k) in enumerate(zip(x[2:], kernel)))
+    return (x[0], w[0]) + spatial
+
+
+JOULECUT_TABLE: Mapping[str, Handler] = MappingProxyType({"HashedLinear": hashed_linear, "ReuseConv": reuse_conv})
 """op_type (joulecut domain) -> handler; read-only."""

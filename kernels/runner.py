@@ -23,6 +23,7 @@ from onnx import numpy_helper
 
 from kernels.conv import CompactWeight, compact_channels, conv2d_dense, conv2d_sparse, dense_gemm
 from kernels.formats import BSRMatrix, CSRMatrix
+from kernels.reuse import reuse_conv2d
 from kernels.slide import HashedLinear
 from kernels.sparse_gemm import spmm
 
@@ -189,7 +190,8 @@ SUPPORTED_OPS = frozenset(SIMPLE_OPS) | frozenset(BINARY_OPS) | frozenset(
     {"Conv", "Gemm", "MatMul", "BatchNormalization", "Clip", "Reshape", "Concat", "Squeeze", "Unsqueeze",
      "Constant", "Shape", "Gather", "Cast"})
 # Custom ops by (domain, op_type). joulecut.HashedLinear: a SLIDE layer (see _prepare_hashed).
-CUSTOM_OPS = frozenset({("joulecut", "HashedLinear")})
+# joulecut.ReuseConv: a Conv with adaptive deep reuse (see _reuse).
+CUSTOM_OPS = frozenset({("joulecut", "HashedLinear"), ("joulecut", "ReuseConv")})
 HASHED_MODES = {"batched": "batched", "per-sample": "per_sample"}
 
 
@@ -279,6 +281,19 @@ class GraphRunner:
                 raise fail("stored bucket tables differ from the tables rebuilt from W and seed")
         self.packed[name] = ("hashed", (layer, HASHED_MODES[text["mode"]]))
 
+    def _reuse(self, name: str, node: onnx.NodeProto, a: dict, ins: list):
+        """joulecut.ReuseConv(X, W [M, C, R, S], B?): groups=1 Conv with symmetric pads and equal
+        strides, attributes sub_len, n_hashes, seed (and Conv's strides, pads, kernel_shape)."""
+        x, w = ins[0], ins[1].astype(np.float32)
+        bias = ins[2].astype(np.float32) if len(ins) > 2 and ins[2] is not None else None
+        strides, pads = list(a.get("strides", [1, 1])), list(a.get("pads", [0, 0, 0, 0]))
+        if len(set(strides)) != 1 or len(set(pads)) != 1 or a.get("group", 1) != 1:
+            raise ValueError(f"node '{name}': joulecut.ReuseConv needs equal strides, equal pads and group 1")
+        y, stats = reuse_conv2d(np.ascontiguousarray(x, dtype=np.float32), w, bias, stride=int(strides[0]),
+                                pad=int(pads[0]), sub_len=int(a["sub_len"]), n_hashes=int(a["n_hashes"]),
+                                seed=int(a.get("seed", 0)), compute_error=False, num_threads=self.threads)
+        return [np.ascontiguousarray(y)], stats.macs_executed, stats.macs_dense, "reuse", int(w.size) * 4
+
     def _hashed(self, name: str, ins: list):
         layer, mode = self.packed[name][1]
         x = ins[0]
@@ -316,6 +331,8 @@ class GraphRunner:
         op = node.op_type
         if node.domain == "joulecut" and op == "HashedLinear":
             return self._hashed(name, ins)
+        if node.domain == "joulecut" and op == "ReuseConv":
+            return self._reuse(name, node, a, ins)
         if op == "Conv":
             return self._conv(name, node, a, ins)
         if op in ("Gemm", "MatMul") and name in self.packed:

@@ -64,6 +64,8 @@ class ValidationReport:
                 match = "yes"
             elif l.format == "hashed":
                 match = "~ (active sets vary)"
+            elif l.format == "reuse":
+                match = "~ (clusters vary)"
             else:
                 match = "stores zeros" if l.executed_macs > l.estimated_macs else "NO"
             rows.append([l.name, l.format, str(l.estimated_macs), str(l.executed_macs), match,
@@ -197,6 +199,8 @@ def _validate(model, spec, data, repeats: int, threads: int, seed: int, batch: i
         if layer.op is OpKind.HASHED:  # the estimate's active-set MACs, from the calibration active fraction
             d = layer.dims
             estimated = report.layer(layer.name).effective_macs - d.N * layer.hash_tables * layer.hash_bits * d.C
+        elif layer.op is OpKind.REUSE:  # hashing + cluster ratio x MACs, the ratio from calibration inputs
+            estimated = report.layer(layer.name).effective_macs
         else:
             estimated = layer.macs * layer.weight_density
         rows.append(LayerValidation(
