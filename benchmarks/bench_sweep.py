@@ -164,6 +164,11 @@ def time_split(sweep) -> list[str]:
     other = phases["prune"] - sum(inner.values())
     rows.append(f"| &nbsp;&nbsp;prune: other (unit setup, ONNX -> torch, masks) | {other:.1f} | {100 * other / total:.1f}% |")
     overhead = sweep.orchestration_s()
+    parts = {labels[k]: inner[k] for k in INNER}
+    parts.update({f"{k} phase": phases[k] for k in ("load", "estimate", "export", "validate")})
+    parts["other pruning work"] = other
+    parts["estimation (estimate phase + cost model)"] = phases["estimate"] + inner["cost_model"]
+    top = max((k for k in parts if k != "energy cost model (estimation)" and k != "estimate phase"), key=parts.get)
     rows += [
         f"| all cells | {total:.1f} | 100% |",
         "",
@@ -172,7 +177,9 @@ def time_split(sweep) -> list[str]:
         f"(worker start-up, scheduling, idle tail = wall - prepare - report - cell time / workers) {overhead:.1f} s "
         f"= {100 * overhead / sweep.wall_s:.1f}% of the wall time. Fine-tuning is "
         f"**{100 * inner['fine_tune'] / total:.0f}%** of cell time; estimation (the estimate phase plus the cost "
-        f"model inside pruning) **{100 * (phases['estimate'] + inner['cost_model']) / total:.0f}%**.",
+        f"model inside pruning) **{100 * (phases['estimate'] + inner['cost_model']) / total:.0f}%**; "
+        f"the largest single part is {top} ({100 * parts[top] / total:.0f}%)"
+        + ("." if top == "fine-tuning" else "; fine-tuning does **not** dominate here."),
     ]
     return rows
 
