@@ -300,3 +300,11 @@ def test_bad_model_or_data_stops_before_any_work(setup: Path, tmp_path: Path):
     # neither trained the example model nor ran a cell
     assert not (tmp_path / "out1" / "models").exists() and not (tmp_path / "out2" / "models").exists()
     assert not (tmp_path / "out1" / "cells").exists() and not (tmp_path / "out2" / "cells").exists()
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(setup: Path, capfd):
+    run_sweep(setup / "sweep.yaml", setup / "quiet", jobs=1, cell_fn=_fake_cell, report=False)
+    assert capfd.readouterr().err == ""  # stderr is not a terminal under pytest: quiet
+    run_sweep(setup / "sweep.yaml", setup / "bar", jobs=1, cell_fn=_fake_cell, report=False, progress=True)
+    err = capfd.readouterr().err
+    assert "sweep: 100%" in err and "6/6" in err
