@@ -181,8 +181,9 @@ def run_sweep(
     report: bool = True,
 ) -> SweepResult:
     """Run every cell of ``config`` (a SweepConfig or a YAML path) into ``output`` (default:
-    the config's ``output``, else ``<config folder>/<config stem>_sweep``) and write ``results.csv``, ``results.json``, ``timings.csv`` and,
-    with ``report``, ``report.md`` with its plots.
+    the config's ``output``, else ``<config folder>/<config stem>_sweep``) and write
+    ``results.csv``, ``results.json``, ``timings.csv`` and, with ``report``, ``report.md`` with
+    its plots and ``plots.json``.
 
     ``jobs``: worker processes (default: one per CPU, at most one per pending cell; 1 runs the
     cells in this process). ``ray``: ``'local'`` (starts and stops a local Ray with ``jobs``
@@ -191,9 +192,11 @@ def run_sweep(
     (default: when stderr is a terminal). ``on_cell(result)`` is called after each cell is
     stored. ``cell_fn`` replaces the cell runner (it must be picklable for a pool or Ray).
 
-    Raises SweepConfigError (bad config), SweepOutputError (``output`` not a folder, or holding an earlier sweep's cells without ``resume``), SweepBackendError (Ray missing
-    or unreachable), ModelError / DataError (a model or data file that does not load) — all
-    before any cell runs.
+    Raises SweepConfigError (bad config), SweepOutputError (``output`` not a folder, or
+    holding an earlier sweep's cells without ``resume``), SweepBackendError (Ray missing or
+    unreachable), ModelError / DataError (a model or data file that does not load), ValueError
+    (bad ``jobs`` or ``ray``) — all before any cell runs. KeyboardInterrupt propagates; every
+    cell finished before it is already stored.
     """
     started = time.perf_counter()
     if not isinstance(config, SweepConfig):
