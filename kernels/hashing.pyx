@@ -25,7 +25,7 @@ cdef extern from "hashing_core.h" nogil:
     void jc_collect(const uint32_t *qcodes, int64_t B, int L, int code_bits, int slot_bits,
                     const int32_t *offsets, const int32_t *ids, const uint32_t *ecodes,
                     int64_t N, const int64_t *start, int32_t *buf, int64_t *count,
-                    int nthreads)
+                    int32_t *stamps, int32_t epoch, int T)
     void jc_pair_dots(const float *x, int64_t d, const float *W, const float *bias,
                       const int32_t *sample, const int32_t *indices, int64_t nnz,
                       float *values, int nthreads)
@@ -150,6 +150,8 @@ cdef class BucketTables:
     cdef readonly object offsets, ids, codes_sorted, codes
     cdef public int64_t last_distinct  # rows loaded by the last forward_grouped (per chunk)
     cdef object _bits
+    cdef object _stamps   # [T, N] int32 dedupe marks kept between calls (see jc_collect)
+    cdef int64_t _epoch
 
     def __init__(self, codes, int code_bits, int nthreads=0):
         if not 1 <= code_bits <= MAX_CODE_BITS:
@@ -166,6 +168,8 @@ cdef class BucketTables:
         self.slot_bits = min(code_bits, max(4, int(max(self.N - 1, 1)).bit_length()))
         self.codes = codes
         self._bits = None
+        self._stamps = None
+        self._epoch = 0
         S = 1 << self.slot_bits
         self.offsets = np.zeros((self.L, S + 1), dtype=np.int32)
         self.ids = np.zeros((self.L, max(self.N, 1)), dtype=np.int32)
@@ -216,12 +220,22 @@ cdef class BucketTables:
         np.cumsum(bound[:-1], out=start[1:])
         buf = np.empty(max(total, 1), dtype=np.int32)
         count = np.zeros(B, dtype=np.int64)
+        cdef int T = max(1, jc_threads(nthreads))
+        if B >= 2**30:
+            raise ValueError(f"at most 2**30 queries per call, got {B}")
+        if self._stamps is None or self._stamps.shape[0] < T or self._epoch + B >= 2**31 - 1:
+            self._stamps = np.full((T, max(self.N, 1)), -1, dtype=np.int32)
+            self._epoch = 0
+        cdef int32_t epoch = self._epoch
+        self._epoch += B
         cdef int64_t[::1] sv = start
         cdef int32_t[::1] bufv = buf
         cdef int64_t[::1] cntv = count
+        cdef int32_t[:, ::1] stv = self._stamps
         with nogil:
             jc_collect(&qv[0, 0], B, self.L, self.code_bits, self.slot_bits, &ov[0, 0],
-                       &iv[0, 0], &ev[0, 0], self.N, &sv[0], &bufv[0], &cntv[0], nthreads)
+                       &iv[0, 0], &ev[0, 0], self.N, &sv[0], &bufv[0], &cntv[0],
+                       &stv[0, 0], epoch, T)
         indptr = np.zeros(B + 1, dtype=np.int64)
         np.cumsum(count, out=indptr[1:])
         if indptr[-1] == total:

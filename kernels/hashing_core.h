@@ -221,20 +221,26 @@ static int64_t jc_bounds(const uint32_t *qcodes, int64_t B, int L, int code_bits
     return total;
 }
 
-/* Union of each query's buckets over the first L_use tables, deduplicated with a per-thread
- * stamp array. Writes ids at buf[start[b] ...] (start = prefix of the bounds) and the
- * count to count[b]. Order: table by table, ascending ids within a bucket. */
+/* Union of each query's buckets over all L tables, deduplicated with a stamp array per
+ * thread: stamps [T, N] persist between calls, and query b of this call marks with
+ * epoch + b, so the arrays never need clearing (the caller resets them, and the epoch,
+ * before epoch + B could overflow). Writes ids at buf[start[b] ...] (start = prefix of the
+ * bounds) and the count to count[b]. Order: table by table, ascending ids within a bucket. */
 static void jc_collect(const uint32_t *qcodes, int64_t B, int L, int code_bits,
                        int slot_bits, const int32_t *offsets, const int32_t *ids,
                        const uint32_t *ecodes, int64_t N, const int64_t *start,
-                       int32_t *buf, int64_t *count, int nthreads) {
+                       int32_t *buf, int64_t *count, int32_t *stamps, int32_t epoch, int T) {
     const int64_t S = (int64_t)1 << slot_bits;
-    #pragma omp parallel num_threads(jc_threads(nthreads)) if (B > 1)
+    #pragma omp parallel num_threads(T) if (B > 1)
     {
-        int32_t *stamp = (int32_t *)malloc(sizeof(int32_t) * (size_t)(N > 0 ? N : 1));
-        for (int64_t i = 0; i < N; i++) stamp[i] = -1;
+    #ifdef _OPENMP
+        int32_t *stamp = stamps + (int64_t)omp_get_thread_num() * N;
+    #else
+        int32_t *stamp = stamps;
+    #endif
         #pragma omp for schedule(dynamic, 4)
         for (int64_t b = 0; b < B; b++) {
+            const int32_t mark = epoch + (int32_t)b;
             int32_t *out = buf + start[b];
             int64_t cnt = 0;
             for (int l = 0; l < L; l++) {
@@ -247,14 +253,13 @@ static void jc_collect(const uint32_t *qcodes, int64_t B, int L, int code_bits,
                 for (int32_t e = off[s]; e < off[s + 1]; e++) {
                     if (tco[e] != c) continue;
                     int32_t nid = tid[e];
-                    if (stamp[nid] == (int32_t)b) continue;
-                    stamp[nid] = (int32_t)b;
+                    if (stamp[nid] == mark) continue;
+                    stamp[nid] = mark;
                     out[cnt++] = nid;
                 }
             }
             count[b] = cnt;
         }
-        free(stamp);
     }
 }
 
@@ -267,7 +272,10 @@ static void jc_pair_dots(const float *x, int64_t d, const float *W, const float 
                          float *values, int nthreads) {
     #pragma omp parallel for schedule(static) num_threads(jc_threads(nthreads)) if (nnz * d > (1 << 20))
     for (int64_t p = 0; p < nnz; p++) {
-        if (p + 8 < nnz) __builtin_prefetch(W + (int64_t)indices[p + 8] * d);
+        if (p + 8 < nnz) {   /* rows are scattered: fetch every line of a row 8 pairs ahead */
+            const char *ahead = (const char *)(W + (int64_t)indices[p + 8] * d);
+            for (int64_t c = 0; c < d * 4; c += 64) __builtin_prefetch(ahead + c);
+        }
         const float *w = W + (int64_t)indices[p] * d;
         values[p] = jc_dot(w, x + (int64_t)sample[p] * d, d) + (bias ? bias[indices[p]] : 0.0f);
     }
