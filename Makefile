@@ -9,7 +9,7 @@ STAMP := $(VENV)/.joulecut-installed
 $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard kernels/*.pyx kernels/*.h)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -c constraints.txt "setuptools>=68" wheel "Cython>=3.0" "numpy>=1.26"
+	$(PIP) install -c constraints.txt "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.26"
 	$(PIP) install -c constraints.txt --no-build-isolation -e '.[all,dev]'
 	touch $@
 
