@@ -283,7 +283,7 @@ def prune(
     else:
         state = methods.budget(ctx, state, target, **options)
 
-    final_graph = units.graph(state)
+    final_graph = units.measured_graph(state)
     reason = {"magnitude": f"{magnitude_mode} magnitude threshold meeting the budget",
               "energy-aware": "energy-ordered magnitude steps with least-squares restoration",
               "budget": "NetAdapt step: least accuracy loss per pJ saved"}[method]

@@ -116,13 +116,15 @@ def ir_with_channels(graph: Graph, structure: Structure, counts: dict[int, int])
             continue
         if layer.dims is not None:
             d = layer.dims
-            in_new = ins[0][0] if ins else d.C * d.G
-            out_new = outs[0][0] if outs else d.M * d.G
+            in_new, in_full = ins[0] if ins else (d.C * d.G, d.C * d.G)
+            out_new, out_full = outs[0] if outs else (d.M * d.G, d.M * d.G)
             if d.G > 1 and d.M == 1 and d.C == 1:  # depthwise
                 dims = dataclasses.replace(d, G=out_new, H=d.H, W=d.W)
             else:
                 dims = dataclasses.replace(d, M=out_new // d.G, C=in_new // d.G)
-            changed.append(layer.replace(dims=dims, input_elements=0, output_elements=0))
+            changed.append(layer.replace(dims=dims,
+                                         input_elements=int(round(layer.input_elements * in_new / in_full)),
+                                         output_elements=int(round(layer.output_elements * out_new / out_full))))
         else:
             in_frac = sum(n for n, _ in ins) / max(1, sum(f for _, f in ins)) if ins else 1.0
             out_frac = sum(n for n, _ in outs) / max(1, sum(f for _, f in outs)) if outs else in_frac

@@ -73,6 +73,18 @@ class Units:
     def ir_layers(self, unit) -> list[str]:
         raise NotImplementedError
 
+    def measured_graph(self, state: PruneState) -> Graph:
+        """``graph(state)`` with every Conv/Linear layer's weight density measured from the
+        module (what the importer will find in the exported file: least squares can leave exact
+        zeros on dead inputs)."""
+        graph = self.graph(state)
+        densities = {}
+        for node, layer in state.module.node_modules.items():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)) and node in graph:
+                w = layer.weight.detach()
+                densities[node] = int(torch.count_nonzero(w)) / w.numel()
+        return graph.with_densities(weight=densities)
+
     def level_energy(self, state: PruneState) -> dict:
         """Energy (pJ) of each unit's layers in the current model, for ordering."""
         per_layer = self.energy.per_layer_pj(self.graph(state))

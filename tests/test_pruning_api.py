@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "digit
 import digits  # noqa: E402
 
 torch.set_num_threads(1)
-FAST = {"finetune_epochs": 1, "short_epochs": 0.15}
+FAST = {"finetune_epochs": 1, "short_epochs": 0.15, "calib_size": 256}
 
 
 @pytest.fixture(scope="module")

@@ -120,6 +120,7 @@ def test_removing_channels_equals_zeroing_them(tmp_path, net):
     for layer in exported:
         assert edited[layer.name].dims == layer.dims, layer.name
         assert edited[layer.name].output_elements == layer.output_elements, layer.name
+        assert edited[layer.name].input_elements == layer.input_elements, layer.name
 
 
 def test_concat_consumer_keeps_matching_slices():

@@ -110,8 +110,10 @@ def run(out: Path, *, quick: bool = False, hw: str = "eyeriss", budget: str = "2
     np.savez(out / "digits.npz", x=x, y=y)
     np.savez(out / "digits_test.npz", x=x_test, y=y_test)
     dense = estimate(load_model(model_path, batch=1).graph, hw)
+    options = {"initial_step": 0.2} if quick and method == "budget" else None
     result = prune(model_path, hw, budget=budget, method=method, granularity=granularity, train=(x, y), seed=seed,
-                   finetune_epochs=1 if quick else 4, short_epochs=0.2 if quick else 0.3, progress=progress)
+                   finetune_epochs=1 if quick else 4, short_epochs=0.2 if quick else 0.3,
+                   calib_size=256 if quick else 1024, method_options=options, progress=progress)
     pruned_path = result.save(out / "digits_cnn_pruned.onnx", source=model_path)
     diff = verify_onnx(pruned_path, result.module, torch.from_numpy(x_test[:64]))
     pruned_estimate = estimate(load_model(pruned_path, batch=1).graph, hw)
