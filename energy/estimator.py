@@ -1,7 +1,8 @@
 """estimate(): the energy of every layer of a model on a hardware spec.
 
 MAC layers (Conv, ConvTranspose, Gemm, MatMul) get the dataflow model of ``energy.dataflow``
-with the best mapping ``energy.mapper`` finds. Other layers are costed by the data they move and
+with the best mapping ``energy.mapper`` finds; hashed and deep-reuse layers build on it
+(``energy.hashed``, ``energy.reuse``). Other layers are costed by the data they move and
 the ALU operations they do:
 
 - shape ops (Reshape, Flatten, ...) cost nothing;
@@ -236,13 +237,18 @@ def estimate_layer(layer: Layer, spec: HardwareSpec, *, dataflow: Dataflow | str
     """The energy of one layer (MAC layers: best mapping over the allowed dataflows)."""
     if objective not in ("energy", "edp"):
         raise OptionError(f"objective must be 'energy' or 'edp', got {objective!r}")
+    if not layer.is_mac:
+        return _vector_layer(layer, spec, fused)
+    dataflows = _dataflows(spec, dataflow)
+
+    def dataflow_model(plain: Layer) -> LayerEnergy:
+        return _mac_layer(plain, spec, dataflows, objective)
+
     if layer.op is OpKind.REUSE:
-        return reuse_layer_energy(layer, spec, lambda conv: _mac_layer(conv, spec, _dataflows(spec, dataflow), objective))
+        return reuse_layer_energy(layer, spec, dataflow_model)
     if layer.op is OpKind.HASHED:
-        return hashed_layer_energy(layer, spec, lambda gemm: _mac_layer(gemm, spec, _dataflows(spec, dataflow), objective))
-    if layer.is_mac:
-        return _mac_layer(layer, spec, _dataflows(spec, dataflow), objective)
-    return _vector_layer(layer, spec, fused)
+        return hashed_layer_energy(layer, spec, dataflow_model)
+    return dataflow_model(layer)
 
 
 def estimate(model, spec: HardwareSpec | str | os.PathLike, *, dataflow: Dataflow | str | None = None,
@@ -258,7 +264,7 @@ def estimate(model, spec: HardwareSpec | str | os.PathLike, *, dataflow: Dataflo
     """
     hw_spec = _resolve_spec(spec)
     graph, warnings = _resolve_graph(model, batch, input_shapes, strict)
-    dataflows = _dataflows(hw_spec, dataflow)
+    _dataflows(hw_spec, dataflow)  # an unsupported dataflow fails before any work
     if objective not in ("energy", "edp"):
         raise OptionError(f"objective must be 'energy' or 'edp', got {objective!r}")
     layers = []
@@ -267,8 +273,7 @@ def estimate(model, spec: HardwareSpec | str | os.PathLike, *, dataflow: Dataflo
         if progress is not None:
             progress(i, len(ordered), layer.name)
         fused = not layer.is_mac and _fused(layer, graph)
-        layers.append(estimate_layer(layer, hw_spec, dataflow=dataflows[0] if dataflow else None,
-                                     objective=objective, fused=fused))
+        layers.append(estimate_layer(layer, hw_spec, dataflow=dataflow, objective=objective, fused=fused))
     return EnergyReport(
         model=graph.name,
         hardware=hw_spec.name,
