@@ -5,16 +5,17 @@
 Weights and inputs are synthetic but structured (not trained): 2,000 cluster centres in
 128-d; each neuron's weight row is a centre plus noise (unit-normalised), each input is a
 centre plus noise. The true top-10 of an input are then neurons of its own cluster, which
-is what a trained layer looks like to LSH; pure-noise weights are reported as a second
-case so the recall on structureless weights is visible too.
+is what a trained layer looks like to LSH. Cases: structured weights with SimHash and with
+DWTA, and pure-noise weights (SimHash) so the recall on structureless weights is visible.
 
 K and L come from choose_k_l on 64 calibration inputs for a 5% active fraction. Timings:
 median of --repeats, the dense and hashed calls interleaved in blocks (a short sleep between
-blocks so one OpenMP runtime's spinning threads do not slow the other's first call).
-Dense = the faster of torch.nn.functional.linear(x, W, b) and torch.addmm(b, x, W^T stored
-[in, out]) (float32, same thread count; at batch 1 the second is ~3x faster on this machine). Hashed = hashing
-+ bucket lookup + active products, output in sparse (CSR) form; "dense out" also scatters
-it into a zero-filled [B, 100000] array.
+blocks so one OpenMP runtime's spinning threads do not slow the other's first call); wall
+clock, and the calling thread's CPU time (leaves out time the scheduler gave to other
+processes; meaningful with 1 thread). Dense = the faster of F.linear(x, W, b) and
+torch.addmm(b, x, W^T stored [in, out]) (float32, same thread count; at batch 1 the second
+is ~3x faster here). Hashed = hashing + bucket lookup + active products, output in sparse
+(CSR) form; "dense out" also scatters it into a zero-filled [B, 100000] array.
 """
 from __future__ import annotations
 
@@ -101,19 +102,24 @@ def run(threads: int, repeats: int) -> tuple[str, dict]:
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     lines, figures = [], {}
-    for structured in (True, False):
-        W, b, inputs = make_layer(rng, structured)
+    cases = [(True, "simhash"), (True, "dwta"), (False, "simhash")]
+    made = {}
+    for structured, family in cases:
+        if structured not in made:
+            made[structured] = make_layer(rng, structured)
+        W, b, inputs = made[structured]
         calib = inputs(64)
         t0 = time.perf_counter()
-        K, L, info = choose_k_l(W, calib, 0.05, K_range=(7, 12), L_max=64, bias=b)
+        k_range = (7, 12) if family == "simhash" else (2, 6)
+        K, L, info = choose_k_l(W, calib, 0.05, family=family, K_range=k_range, L_max=64, bias=b)
         t_choose = time.perf_counter() - t0
         t0 = time.perf_counter()
-        layer = HashedLinear(W, b, K=K, L=L, seed=0, num_threads=threads)
+        layer = HashedLinear(W, b, family=family, K=K, L=L, seed=0, num_threads=threads)
         t_build = time.perf_counter() - t0
         Wt, bt = torch.from_numpy(W), torch.from_numpy(b)
         WtT = Wt.T.contiguous()        # [in, out]: torch's GEMV is ~3x faster on this layout
-        name = "structured" if structured else "pure noise"
-        lines.append(f"\n**{name} weights**: K={K}, L={L} (choose_k_l {t_choose:.1f} s, "
+        name = ("structured" if structured else "pure noise") + f" weights, {family}"
+        lines.append(f"\n**{name}**: K={K}, L={L} (choose_k_l {t_choose:.1f} s, "
                      f"table build {t_build:.2f} s)\n")
         lines.append("| batch | dense ms | per-sample ms (x) | batched ms (x) | batched, dense out ms (x) "
                      "| active | recall@10 | MACs / dense | weight MB gathered (per-sample / batched) "
