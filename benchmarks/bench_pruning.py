@@ -34,7 +34,7 @@ from energy import estimate, load_model  # noqa: E402
 from pruning.api import prune  # noqa: E402
 from pruning.export import export_onnx  # noqa: E402
 
-METHODS = ("budget", "energy-aware", "magnitude")
+METHODS = ("budget", "energy-aware", "magnitude", "magnitude-4ep")  # magnitude: same samples as budget
 BUDGETS = {"channel": (0.60, 0.45, 0.35, 0.25, 0.18, 0.12, 0.10),
            "weight": (0.60, 0.50, 0.42, 0.36, 0.32)}  # weight pruning cannot go below ~31 % on eyeriss
 
@@ -71,8 +71,8 @@ def run_seed(seed: int, variant: str, hw: str, budgets, work: Path, finetune_epo
             epochs = finetune_epochs
             if method == "magnitude" and samples_budget is not None:
                 epochs = samples_budget / (0.8 * len(x))  # prune() trains on the 80 % split
-            result = prune(dense_path, hw, budget=budget, method=method, granularity=granularity, train=(x, y),
-                           seed=seed, finetune_epochs=epochs)
+            result = prune(dense_path, hw, budget=budget, method=method.replace("-4ep", ""), granularity=granularity,
+                           train=(x, y), seed=seed, finetune_epochs=epochs)
             if method == "budget":
                 samples_budget = result.samples_trained
             out = result.save(work / f"{granularity}_{variant}_{seed}_{method}_{int(round(budget * 100))}.onnx", source=dense_path)
@@ -124,13 +124,15 @@ def equal_accuracy(means: dict, granularity: str, variant: str, dense: float) ->
         energies = {}
         for method in METHODS:
             pts = [(v["energy"], v["acc"]) for (g, var, m, _), v in means.items() if g == granularity and var == variant and m == method]
-            energies[method] = min_energy_at(pts, level)
+            energies[method] = min_energy_at(pts, level) if pts else None
         row = {"level": level, "drop": drop, **{f"E_{m}": e for m, e in energies.items()}}
-        mag = energies["magnitude"]
-        for m in ("budget", "energy-aware"):
-            e = energies[m]
-            row[f"saving_ratio_{m}"] = (1 - e) / (1 - mag) if e is not None and mag is not None and mag < 1 else None
-            row[f"energy_ratio_{m}"] = mag / e if e is not None and mag is not None else None
+        for base in ("magnitude", "magnitude-4ep"):
+            mag = energies.get(base)
+            for m in ("budget", "energy-aware"):
+                e = energies[m]
+                suffix = "" if base == "magnitude" else "_vs4ep"
+                row[f"saving_ratio_{m}{suffix}"] = (1 - e) / (1 - mag) if e is not None and mag is not None and mag < 1 else None
+                row[f"energy_ratio_{m}{suffix}"] = mag / e if e is not None and mag is not None else None
         out.append(row)
     return out
 
@@ -177,25 +179,27 @@ def markdown(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict
              f"{list(seeds)}. `clean`: sklearn digits / 16 (75/25 split by image); `hard`: 3 copies of each image with "
              "N(0, 0.15) pixel noise and random +-1 pixel shifts, split by source image. prune() holds out 20 % of the "
              "training split for validation and uses up to 1024 training images for least squares. `magnitude` gets "
-             "the same number of fine-tuning samples as `budget` at the same budget; `energy-aware` trains what its "
-             "own passes need (samples column).", ""]
+             "the same number of fine-tuning samples as `budget` at the same budget (all its proposals' short "
+             "fine-tunes included); `magnitude-4ep` gets the 4-epoch final fine-tune the other methods end with; "
+             "`energy-aware` trains what its own passes need (samples column).", ""]
     for (granularity, variant), comps in comparisons.items():
         lines += [f"### {granularity} granularity, {variant} digits (dense test accuracy {dense[(granularity, variant)]:.4f})", "",
                   "| budget | method | energy (of dense) | test acc mean | min | sd | fine-tune samples | wall s |",
                   "|---|---|---|---|---|---|---|---|"]
-        for (g, var, method, budget), v in sorted(means.items(), key=lambda kv: (-kv[0][3], METHODS.index(kv[0][2]))):
+        for (g, var, method, budget), v in sorted(means.items(), key=lambda kv: (-kv[0][3], METHODS.index(kv[0][2]) if kv[0][2] in METHODS else 9)):
             if g == granularity and var == variant:
                 lines.append(f"| {budget:.0%} | {method} | {v['energy']:.3f} | {v['acc']:.4f} | {v['acc_min']:.4f} | "
                              f"{v['acc_sd']:.4f} | {v['samples']:.0f} | {v['wall']:.1f} |")
         lines += ["", "Equal accuracy (mean over seeds, interpolated between budgets): the smallest energy that reaches "
                   "the accuracy; saving ratio = (1 - E_method) / (1 - E_magnitude); energy ratio = E_magnitude / E_method "
                   "(n/a: never reached on the grid).", "",
-                  "| accuracy >= | E budget | E energy-aware | E magnitude | saving ratio budget | saving ratio energy-aware | energy ratio budget | energy ratio energy-aware |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| accuracy >= | E budget | E energy-aware | E magnitude | E magnitude-4ep | saving ratio budget | saving ratio energy-aware | energy ratio budget | energy ratio energy-aware | energy ratio energy-aware vs magnitude-4ep |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for c in comps:
             lines.append(f"| {c['level']:.4f} (dense - {c['drop']:.1%}) | {fmt(c['E_budget'])} | {fmt(c['E_energy-aware'])} | "
-                         f"{fmt(c['E_magnitude'])} | {fmt(c['saving_ratio_budget'])} | {fmt(c['saving_ratio_energy-aware'])} | "
-                         f"{fmt(c['energy_ratio_budget'])} | {fmt(c['energy_ratio_energy-aware'])} |")
+                         f"{fmt(c['E_magnitude'])} | {fmt(c.get('E_magnitude-4ep'))} | {fmt(c['saving_ratio_budget'])} | "
+                         f"{fmt(c['saving_ratio_energy-aware'])} | {fmt(c['energy_ratio_budget'])} | "
+                         f"{fmt(c['energy_ratio_energy-aware'])} | {fmt(c.get('energy_ratio_energy-aware_vs4ep'))} |")
         lines.append("")
     if speed_rows:
         lines += ["### onnxruntime latency, dense vs channel-pruned exports (clean, first seed; median, 1 thread)", "",
