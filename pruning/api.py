@@ -16,7 +16,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
