@@ -1,4 +1,4 @@
-# Two commands on a fresh clone:  `make demo` (set up + estimate a shipped model) and `make test`.
+# Two commands on a fresh clone:  `make demo` (set up + the default sweep) and `make test`.
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 PIP   := $(PY) -m pip -q
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard kernels/*.pyx kerne
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/joulecut estimate examples/models/tiny_resnet.onnx --hw eyeriss
+	$(VENV)/bin/joulecut sweep examples/sweep/default.yaml -o demo-report --resume
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -296,6 +296,19 @@ def cmd_train_sparse(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sweep import run_sweep
+
+    try:
+        result = run_sweep(args.config, output=args.output, jobs=args.jobs, ray=args.ray, resume=args.resume,
+                           progress=False if args.quiet else None)
+    except KeyboardInterrupt:
+        print("joulecut: interrupted; finished cells are kept: re-run with --resume to do the rest", file=sys.stderr)
+        return 130
+    print(result.summary())
+    return EXIT_OK if not result.failed else EXIT_INTERNAL
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hw", required=True, help="built-in spec name (see `joulecut hw list`) or a YAML file")
     p.add_argument("--batch", type=int, default=None, help="batch size for a symbolic batch dimension")
@@ -378,6 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("sweep", help="models x devices x budgets: estimate, prune, export, validate, report")
+    p.add_argument("config", help="sweep YAML (see examples/sweep/default.yaml)")
+    p.add_argument("-o", "--output", help="output folder (default: the config's `output`)")
+    p.add_argument("-j", "--jobs", type=int, default=None, help="worker processes (default: one per CPU)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the cells on Ray: a cluster address, or `local`")
+    p.add_argument("--resume", action="store_true", help="keep finished cells of an earlier (interrupted) run")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("hw", help="built-in and user hardware specs")
     hw = p.add_subparsers(dest="hw_command", required=True)
     hw.add_parser("list", help="the built-in specs")
@@ -400,21 +422,36 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from hwspecs.errors import SpecError
 
     errors: tuple[type[BaseException], ...] = (SpecError, ModelError, DataError, OptionError)
-    try:
+    try:  # pruning.budget and sweep.errors import no torch, but an install without them may exist
         from pruning.budget import BudgetError
-    except ImportError:  # pruning needs torch; estimating does not
-        return errors
-    return errors + (BudgetError,)
+
+        errors += (BudgetError,)
+        from sweep.errors import SweepConfigError, SweepOutputError
+
+        errors += (SweepConfigError, SweepOutputError)
+    except ImportError:
+        pass
+    return errors
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from sweep.errors import SweepBackendError
+    except ImportError:
+        return (UsageError,)
+    return (UsageError, SweepBackendError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "batch", None) is not None and args.batch < 1:
-        parser.error(f"--batch must be >= 1, got {args.batch}")
+    for option in ("batch", "jobs", "repeats", "threads", "epochs"):
+        value = getattr(args, option, None)
+        if value is not None and value < 1:
+            parser.error(f"--{option} must be >= 1, got {value}")
     try:
         return args.func(args)
-    except UsageError as e:
+    except _usage_errors() as e:
         print(f"joulecut: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except _user_errors() as e:
