@@ -152,3 +152,12 @@ def test_uninferable_shapes_and_empty_level_exit_3(tmp_path):
     no_operands = tmp_path / "no_operands.yaml"
     no_operands.write_text(spec.replace("operands: [weights, inputs, outputs]", "operands: []", 1))
     assert_user_error(run("hw", "check", str(no_operands)), "no_operands.yaml:", "operands")
+
+
+def test_sweep_config_errors_are_named_before_any_work(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("seed: 0\nmodels:\n  - name: d\n    example: digits\ndevices: [eyeris]\nbudgets: [50%, 50%]\n")
+    proc = run("sweep", str(config), "-o", str(tmp_path / "out"))
+    assert_user_error(proc, "bad.yaml:5:", "did you mean 'eyeriss'")
+    assert not (tmp_path / "out").exists()
+    assert run("sweep", str(config), "-j", "0").returncode == 2
