@@ -12,7 +12,8 @@ the inputs of conv2 (16 -> 32 ch, 8x8) and conv3 (32 -> 32 ch, 4x4) are run thro
 Timings are medians of --repeats, measured in interleaved rounds (the dense im2col matmul
 is timed on a precomputed im2col matrix; reuse is timed whole: layout, hashing, products,
 scatter, bias); accuracy is the whole network's test accuracy with only that layer
-replaced by its reuse version. "centred" thresholds: kernels.reuse.centered_thresholds.
+replaced by its reuse version. "centred" thresholds: kernels.reuse.conv_thresholds,
+calibrated once on the layer's inputs for CALIB_IMAGES training images (not timed).
 """
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ except ImportError:  # optional: only keeps NumPy's BLAS pool from spinning
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.reuse import im2col, reuse_conv2d
+from kernels.reuse import conv_thresholds, im2col, reuse_conv2d
 
 ROOT = Path(__file__).resolve().parents[1]
+CALIB_IMAGES = 512   # training images the centred thresholds are calibrated on, once
 SECTION = "## Hashed and reuse kernels"
 # (sub_len, n_hashes, centered thresholds)
 SETTINGS = [(16, 8, False), (16, 16, False), (16, 32, False), (16, 16, True), (16, 24, True),
@@ -114,7 +116,8 @@ def local_model(epochs: int, seed: int = 0):
             opt.zero_grad()
             F.cross_entropy(model(xt[idx]), yt[idx]).backward()
             opt.step()
-    return model.eval(), x_te, y_te.astype(np.int64), "local CNN (same shape), clean digits + N(0, 0.15) noise"
+    return (model.eval(), x_tr, x_te, y_te.astype(np.int64),
+            "local CNN (same shape), clean digits + N(0, 0.15) noise")
 
 
 def forward_from(model, layer: str, x: torch.Tensor, replace=None) -> torch.Tensor:
@@ -162,7 +165,8 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
         model = mod.train_cnn(x, y, epochs=epochs, seed=0)
         source = f"examples/digits/digits.py DigitsCNN, `train_cnn(epochs={epochs})` on make_dataset('{variant}')"
     else:
-        model, x_test, y_test, source = local_model(epochs)
+        model, x, x_test, y_test, source = local_model(epochs)
+    x_calib = torch.from_numpy(np.ascontiguousarray(x[:CALIB_IMAGES]))
     t_train = time.perf_counter() - t0
     xt = torch.from_numpy(x_test)
     lines = [f"- model: {source}; trained in {t_train:.0f} s; test set {len(x_test)} images"]
@@ -174,6 +178,9 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
             w = conv.weight.detach().numpy().astype(np.float32)
             b = conv.bias.detach().numpy().astype(np.float32)
             inp = layer_input(model, layer, xt).numpy()
+            calib = layer_input(model, layer, x_calib).numpy()
+            thr = {(L, H): conv_thresholds(calib, L, H, seed=0)
+                   for L, H, cen in SETTINGS if cen and L <= inp.shape[1]}
             M, C, R, S = w.shape
             wt = torch.from_numpy(np.ascontiguousarray(w.reshape(M, -1).T))
             it = torch.from_numpy(inp)
@@ -185,7 +192,8 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
             for L, H, cen in SETTINGS:
                 if L <= C:
                     fns[(L, H, cen)] = (lambda L=L, H=H, cen=cen: reuse_conv2d(
-                        inp, w, b, stride=1, pad=1, sub_len=L, n_hashes=H, centered=cen,
+                        inp, w, b, stride=1, pad=1, sub_len=L, n_hashes=H,
+                        thresholds=thr[(L, H)] if cen else None,
                         compute_error=False, num_threads=threads))
             med, cpu = medians(fns, repeats)
             lines.append(f"**{layer}** ({C} -> {M} ch, {inp.shape[2]}x{inp.shape[3]}, 3x3 pad 1; "
@@ -200,12 +208,13 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
                 if not isinstance(key, tuple):
                     continue
                 L, H, cen = key
+                t_kw = dict(thresholds=thr[(L, H)] if cen else None)
                 _, st = reuse_conv2d(inp, w, b, stride=1, pad=1, sub_len=L, n_hashes=H,
-                                     centered=cen, num_threads=threads)
+                                     num_threads=threads, **t_kw)
 
-                def replaced(h, L=L, H=H, cen=cen):
+                def replaced(h, L=L, H=H, t_kw=t_kw):
                     y, _ = reuse_conv2d(h.numpy(), w, b, stride=1, pad=1, sub_len=L, n_hashes=H,
-                                        centered=cen, compute_error=False, num_threads=threads)
+                                        compute_error=False, num_threads=threads, **t_kw)
                     return torch.from_numpy(y)
                 acc = float((forward_from(model, layer, xt, replaced).argmax(1).numpy() == y_test).mean())
                 lines.append(

@@ -293,12 +293,13 @@ cdef extern from *:
                     const int64_t i0 = b * block_imgs;
                     const int64_t i1 = i0 + block_imgs < n_img ? i0 + block_imgs : n_img;
                     const int64_t nb = (i1 - i0) * px_img, nout = (i1 - i0) * out_img;
-                    for (int64_t im = i0; im < i1; im++)
-                        for (int64_t c = 0; c < C; c++) {
-                            const float *xc = x + (im * C + c) * px_img;
-                            float *xo = xs + (im - i0) * px_img * C + c;
-                            for (int64_t t = 0; t < px_img; t++) xo[t * C] = xc[t];
-                        }
+                    /* NCHW -> channels-last, one image at a time (its planes sit in cache) */
+                    for (int64_t im = i0; im < i1; im++) {
+                        const float *xi = x + im * C * px_img;
+                        float *xo = xs + (im - i0) * px_img * C;
+                        for (int64_t t = 0; t < px_img; t++)
+                            for (int64_t c = 0; c < C; c++) xo[t * C + c] = xi[c * px_img + t];
+                    }
                     float *ys = y + i0 * out_img * M;      /* this block's rows of y (NHWC) */
                     for (int64_t o = 0; o < nout; o++)
                         for (int64_t m = 0; m < M; m++) ys[o * M + m] = bias ? bias[m] : 0.0f;

@@ -84,6 +84,27 @@ def _calib_rows(X: np.ndarray, seed: int) -> np.ndarray:
     return X[np.random.default_rng([seed, 2]).choice(len(X), CALIB_ROWS, replace=False)]
 
 
+def _pixel_sample(x: np.ndarray, seed: int) -> np.ndarray:
+    """Up to CALIB_ROWS pixel vectors [n, C] of NCHW x, picked without a full copy."""
+    N, C, H, Wd = x.shape
+    n_px = N * H * Wd
+    pick = np.random.default_rng([seed, 2]).choice(n_px, min(n_px, CALIB_ROWS), replace=False)
+    n_i, rest = np.divmod(pick, H * Wd)
+    return x[n_i, :, rest // Wd, rest % Wd]
+
+
+def conv_thresholds(x_calib: np.ndarray, sub_len: int, n_hashes: int, seed: int = 0) -> np.ndarray:
+    """Centred thresholds [n_chunks, n_hashes] for reuse_conv2d(share="pixel"), calibrated
+    once on NCHW inputs x_calib (what centered=True computes on every call's own input)."""
+    if not isinstance(x_calib, np.ndarray) or x_calib.ndim != 4 or x_calib.shape[0] == 0:
+        raise ValueError("x_calib must be a non-empty 4-D NCHW numpy.ndarray")
+    C = x_calib.shape[1]
+    if not 1 <= sub_len <= C or not 1 <= n_hashes <= MAX_HASHES:
+        raise ValueError(f"sub_len must be in 1..{C} and n_hashes in 1..{MAX_HASHES}, got {sub_len}, {n_hashes}")
+    return centered_thresholds(_pixel_sample(x_calib.astype(np.float32, copy=False), seed),
+                               projections(C, n_hashes, seed), sub_len, seed)
+
+
 def reuse_matmul(X: np.ndarray, W: np.ndarray, sub_len: int, n_hashes: int, seed: int = 0, *,
                  block_rows: int = DEFAULT_BLOCK_ROWS, centered: bool = False,
                  compute_error: bool = True, num_threads: int = 0) -> tuple[np.ndarray, ReuseStats]:
@@ -150,7 +171,8 @@ def im2col(x: np.ndarray, R: int, S: int, stride: int = 1, pad: int = 0) -> tupl
 def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
                  stride: int = 1, pad: int = 0, sub_len: int = 16, n_hashes: int = 8,
                  seed: int = 0, share: str = "pixel", block_rows: int = DEFAULT_BLOCK_ROWS,
-                 centered: bool = False, compute_error: bool = True,
+                 centered: bool = False, thresholds: np.ndarray | None = None,
+                 compute_error: bool = True,
                  num_threads: int = 0) -> tuple[np.ndarray, ReuseStats]:
     """Conv2d (NCHW, groups=1) with deep reuse. weight [M, C, R, S] float32.
 
@@ -163,7 +185,9 @@ def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
     gives plain NCHW).
     share="im2col": reuse_matmul on the (c, r, s)-ordered im2col matrix, sub-vectors of
     sub_len consecutive columns, clustered per im2col position.
-    centered: hash thresholds through the data's centre (see centered_thresholds).
+    centered: hash thresholds through the data's centre (see centered_thresholds), computed
+    on this call's x; thresholds: precomputed ones instead (share="pixel" only, e.g. from
+    conv_thresholds on calibration data), [n_chunks, n_hashes].
     """
     if share not in ("pixel", "im2col"):
         raise ValueError(f"share must be 'pixel' or 'im2col', got {share!r}")
@@ -178,6 +202,8 @@ def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
     if not isinstance(n_hashes, (int, np.integer)) or not 1 <= n_hashes <= MAX_HASHES:
         raise ValueError(f"n_hashes must be an integer in 1..{MAX_HASHES}, got {n_hashes!r}")
     if share == "im2col":
+        if thresholds is not None:
+            raise ValueError("thresholds are for share='pixel'; use centered=True with share='im2col'")
         cols, P, Q = im2col(x, R, S, stride, pad)
         Wm = np.ascontiguousarray(weight.reshape(M, C * R * S).T)
         Y, stats = reuse_matmul(cols, Wm, sub_len, n_hashes, seed, block_rows=block_rows,
@@ -187,13 +213,9 @@ def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
         N, _, H, Wd = x.shape
         proj = projections(C, int(n_hashes), seed)
         block_imgs = max(1, block_rows // max(H * Wd, 1))
-        thr = None
-        if centered and N and isinstance(sub_len, (int, np.integer)) and 1 <= sub_len <= C:
-            n_px = N * H * Wd
-            pick = np.random.default_rng([seed, 2]).choice(n_px, min(n_px, CALIB_ROWS), replace=False)
-            n_i, rest = np.divmod(pick, H * Wd)
-            pixels = x[n_i, :, rest // Wd, rest % Wd]                  # [n, C], no full copy
-            thr = centered_thresholds(pixels, proj, int(sub_len), seed)
+        thr = thresholds
+        if thr is None and centered and N and isinstance(sub_len, (int, np.integer)) and 1 <= sub_len <= C:
+            thr = centered_thresholds(_pixel_sample(x, seed), proj, int(sub_len), seed)
         y, clusters, zeros = reuse_conv_kernel(
             x, weight, proj, int(sub_len), int(stride), int(pad), block_imgs, int(num_threads),
             thr, None if bias is None else bias.astype(np.float32))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from kernels._reuse import reuse_matmul_kernel
-from kernels.reuse import ReuseSchedule, im2col, projections, reuse_conv2d, reuse_matmul
+from kernels.reuse import (ReuseSchedule, conv_thresholds, im2col, projections, reuse_conv2d,
+                           reuse_matmul)
 
 
 def ref_reuse(X, W, proj, sub_len, block_rows):
@@ -187,6 +188,26 @@ def test_pixel_shared_conv_is_exact_with_fine_hashes():
     # shared hashing costs R*S times less than hashing every im2col row
     st_im = reuse_conv2d(x, w, b, stride=1, pad=1, sub_len=8, n_hashes=64, share="im2col")[1]
     assert st_im.macs_hash == 9 * st.macs_hash
+
+
+def test_centred_thresholds_split_by_magnitude():
+    """Sign hashing puts positive multiples of a vector in one cluster; centred thresholds
+    separate them, and precomputed thresholds give the same result as centered=True."""
+    base = np.abs(np.random.default_rng(12).standard_normal(8)).astype(np.float32)
+    scales = np.linspace(0.1, 3.0, 40, dtype=np.float32)
+    x = (scales[:, None] * base[None, :]).reshape(40, 8, 1, 1)          # 40 images, 1 pixel
+    w = np.random.default_rng(13).standard_normal((3, 8, 1, 1)).astype(np.float32)
+    plain = reuse_conv2d(x, w, sub_len=8, n_hashes=16)[1]
+    cen = reuse_conv2d(x, w, sub_len=8, n_hashes=16, centered=True)
+    assert plain.cluster_ratio == pytest.approx(1 / 40) and plain.relative_error > 0.3
+    assert cen[1].cluster_ratio > 4 / 40 and cen[1].relative_error < plain.relative_error / 2
+    thr = conv_thresholds(x, 8, 16)
+    pre = reuse_conv2d(x, w, sub_len=8, n_hashes=16, thresholds=thr)
+    np.testing.assert_array_equal(pre[0], cen[0])
+    with pytest.raises(ValueError, match="thresholds"):
+        reuse_conv2d(x, w, sub_len=8, n_hashes=16, thresholds=thr[:, :3])
+    with pytest.raises(ValueError, match="share='pixel'"):
+        reuse_conv2d(x, w, sub_len=8, n_hashes=16, thresholds=thr, share="im2col")
 
 
 def test_bad_input_raises():
