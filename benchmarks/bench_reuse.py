@@ -40,9 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CALIB_IMAGES = 512   # training images the centred thresholds are calibrated on, once
 SECTION = "## Hashed and reuse kernels"
 # (sub_len, n_hashes, centered thresholds)
-SETTINGS = [(16, 8, False), (16, 16, False), (16, 32, False), (16, 16, True), (16, 24, True),
-            (16, 32, True), (16, 48, True), (32, 32, True), (32, 48, True), (8, 32, True),
-            (4, 32, True)]
+# (sub_len, n_hashes, centred thresholds, rows clustered together)
+SETTINGS = [(16, 8, False, 8192), (16, 16, False, 8192), (16, 32, False, 8192),
+            (16, 16, True, 8192), (16, 24, True, 8192), (16, 32, True, 4096), (16, 32, True, 8192),
+            (16, 32, True, 16384), (16, 48, True, 8192), (32, 32, True, 8192), (32, 48, True, 8192),
+            (8, 32, True, 8192), (4, 32, True, 8192)]
 
 
 def update_section(path: str, key: str, text: str) -> None:
@@ -180,7 +182,7 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
             inp = layer_input(model, layer, xt).numpy()
             calib = layer_input(model, layer, x_calib).numpy()
             thr = {(L, H): conv_thresholds(calib, L, H, seed=0)
-                   for L, H, cen in SETTINGS if cen and L <= inp.shape[1]}
+                   for L, H, cen, _ in SETTINGS if cen and L <= inp.shape[1]}
             M, C, R, S = w.shape
             wt = torch.from_numpy(np.ascontiguousarray(w.reshape(M, -1).T))
             it = torch.from_numpy(inp)
@@ -189,10 +191,10 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
             cols = torch.from_numpy(im2col(inp, R, S, 1, 1)[0])   # im2col itself not timed
             fns = {"im2col": lambda: torch.matmul(cols, wt),
                    "conv2d": lambda: F.conv2d(it, conv.weight, conv.bias, padding=1)}
-            for L, H, cen in SETTINGS:
+            for L, H, cen, blk in SETTINGS:
                 if L <= C:
-                    fns[(L, H, cen)] = (lambda L=L, H=H, cen=cen: reuse_conv2d(
-                        inp, w, b, stride=1, pad=1, sub_len=L, n_hashes=H,
+                    fns[(L, H, cen, blk)] = (lambda L=L, H=H, cen=cen, blk=blk: reuse_conv2d(
+                        inp, w, b, stride=1, pad=1, sub_len=L, n_hashes=H, block_rows=blk,
                         thresholds=thr[(L, H)] if cen else None,
                         compute_error=False, num_threads=threads))
             med, cpu = medians(fns, repeats)
@@ -200,15 +202,15 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
                          f"im2col {n * inp.shape[2] * inp.shape[3]} x {C * R * S} times {C * R * S} x {M}): "
                          f"dense im2col matmul {med['im2col'] * 1e3:.2f} ms, torch conv2d (whole layer) "
                          f"{med['conv2d'] * 1e3:.2f} ms\n")
-            lines.append("| sub_len | H | thresholds | reuse ms (whole layer) | vs im2col matmul | vs conv2d "
+            lines.append("| sub_len | H | thresholds | block rows | reuse ms (whole layer) | vs im2col matmul | vs conv2d "
                          "| r_c (per pixel) | zero chunks | MACs exec / dense | rel. error | accuracy (pts vs dense) "
                          "| CPU-time x (im2col / conv2d) |")
-            lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+            lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
             for key in fns:
                 if not isinstance(key, tuple):
                     continue
-                L, H, cen = key
-                t_kw = dict(thresholds=thr[(L, H)] if cen else None)
+                L, H, cen, blk = key
+                t_kw = dict(thresholds=thr[(L, H)] if cen else None, block_rows=blk)
                 _, st = reuse_conv2d(inp, w, b, stride=1, pad=1, sub_len=L, n_hashes=H,
                                      num_threads=threads, **t_kw)
 
@@ -218,7 +220,7 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
                     return torch.from_numpy(y)
                 acc = float((forward_from(model, layer, xt, replaced).argmax(1).numpy() == y_test).mean())
                 lines.append(
-                    f"| {L} | {H} | {'centred' if cen else 'sign (0)'} | {med[key] * 1e3:.2f} "
+                    f"| {L} | {H} | {'centred' if cen else 'sign (0)'} | {blk} | {med[key] * 1e3:.2f} "
                     f"| {med['im2col'] / med[key]:.2f}x "
                     f"| {med['conv2d'] / med[key]:.2f}x | {st.cluster_ratio:.3f} | {st.zero_fraction:.2f} "
                     f"| {1 / st.mac_ratio:.3f} | {st.relative_error:.3f} "

@@ -16,7 +16,9 @@ import numpy as np
 
 from kernels._reuse import MAX_HASHES, reuse_conv_kernel, reuse_matmul_kernel
 
-DEFAULT_BLOCK_ROWS = 4096
+# Rows (pixels, for conv) clustered together: more rows, more reuse; the digits CNN kept its
+# accuracy at 8192 (benchmarks/RESULTS.md).
+DEFAULT_BLOCK_ROWS = 8192
 
 
 @dataclass(frozen=True)
