@@ -59,7 +59,7 @@ def _latency_ms(path: Path, x: np.ndarray, repeats: int) -> float:
 
 def run_seed(seed: int, variant: str, hw: str, budgets, work: Path, finetune_epochs: float, log,
              granularity: str = "channel") -> dict:
-    (x, y), (xt, yt) = digits.make_dataset(variant, seed=seed)
+    (x, y), (vx, vy), (xt, yt) = digits.make_splits(variant, seed=seed)
     model = digits.train_cnn(x, y, epochs=20, seed=seed)
     dense_path = export_onnx(model, torch.from_numpy(x[:1]), work / f"dense_{variant}_{seed}.onnx")
     dense_acc = digits.onnx_accuracy(dense_path, xt, yt)
@@ -70,9 +70,9 @@ def run_seed(seed: int, variant: str, hw: str, budgets, work: Path, finetune_epo
         for method in METHODS:
             epochs = finetune_epochs
             if method == "magnitude" and samples_budget is not None:
-                epochs = samples_budget / (0.8 * len(x))  # prune() trains on the 80 % split
+                epochs = samples_budget / len(x)
             result = prune(dense_path, hw, budget=budget, method=method.replace("-4ep", ""), granularity=granularity,
-                           train=(x, y), seed=seed, finetune_epochs=epochs)
+                           train=(x, y), val=(vx, vy), seed=seed, finetune_epochs=epochs)
             if method == "budget":
                 samples_budget = result.samples_trained
             out = result.save(work / f"{granularity}_{variant}_{seed}_{method}_{int(round(budget * 100))}.onnx", source=dense_path)
@@ -148,10 +148,10 @@ def speed(results: dict, repeats: int, log) -> list[dict]:
     for r in first["rows"]:
         if r["method"] == "budget" and r["budget"] in (0.25, 0.10):
             candidates.append((f"budget {r['budget']:.0%} (channels {r['channels']})", Path(r["path"])))
-    (x, y), _ = digits.make_dataset("clean", seed=0)
+    (x, y), (vx, vy), _ = digits.make_splits("clean", seed=first["seed"])
     for budget in (0.25,):
-        res = prune(dense, "eyeriss", budget=budget, method="budget", granularity="channel", train=(x, y), seed=0,
-                    channel_multiple=8)
+        res = prune(dense, "eyeriss", budget=budget, method="budget", granularity="channel", train=(x, y),
+                    val=(vx, vy), seed=first["seed"], channel_multiple=8)
         path = res.save(dense.parent / f"mult8_{int(budget * 100)}.onnx", source=dense)
         candidates.append((f"budget {budget:.0%}, multiple of 8 (channels {[(p.kept, p.total) for p in res.plan]}, energy {res.energy_ratio:.3f})", path))
     for batch in (1, 256):
@@ -176,9 +176,10 @@ def markdown(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict
              "Model: examples/digits DigitsCNN (conv 1-16-32, pool, conv 32, fc 512-10), trained 20 epochs (Adam) per seed. "
              "Spec `eyeriss` (zero weights skipped, zero inputs gated). Energies are the estimator's, as a fraction of the "
              "dense estimate (batch 1), re-estimated from the exported ONNX file; test accuracy of the exported ONNX in onnxruntime, mean / min / sd over seeds "
-             f"{list(seeds)}. `clean`: sklearn digits / 16 (75/25 split by image); `hard`: 3 copies of each image with "
-             "N(0, 0.15) pixel noise and random +-1 pixel shifts, split by source image. prune() holds out 20 % of the "
-             "training split for validation and uses up to 1024 training images for least squares. `magnitude` gets "
+             f"{list(seeds)}. `clean`: sklearn digits / 16; `hard`: 3 copies of each image with N(0, 0.15) pixel noise "
+             "and random +-1 pixel shifts. Train / validation / test = 60 / 15 / 25 % of the source images (so the "
+             "validation set that pruning selects on holds no noisy twin of a training image); least squares uses up "
+             "to 1024 training images. `magnitude` gets "
              "the same number of fine-tuning samples as `budget` at the same budget (all its proposals' short "
              "fine-tunes included); `magnitude-4ep` gets the 4-epoch final fine-tune the other methods end with; "
              "`energy-aware` trains what its own passes need (samples column).", ""]

@@ -32,6 +32,8 @@ def test_digits_example_summary(tmp_path):
 
 def test_make_dataset_is_seeded_and_harder():
     (x1, y1), (t1, _) = digits.make_dataset("hard", seed=3, copies=1)
+    (tr, _), (va, _), (te, _) = digits.make_splits("clean", seed=3)
+    assert len(tr) + len(va) + len(te) == 1797 and len(va) > 0
     (x2, y2), _ = digits.make_dataset("hard", seed=3, copies=1)
     (c, _), (tc, _) = digits.make_dataset("clean", seed=3)
     assert (x1 == x2).all() and (y1 == y2).all()

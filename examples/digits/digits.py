@@ -51,6 +51,15 @@ def make_dataset(variant: str = "hard", seed: int = 0, noise: float = 0.15, copi
     ``variant`` "clean": the images scaled to [0, 1]. "hard": ``copies`` versions of each image,
     each with N(0, noise) pixel noise and a random shift in {-1, 0, 1}^2. The split is by source
     image, so no test digit has a noisy twin in training."""
+    train, _, test = make_splits(variant, seed, noise, copies, test_fraction, val_fraction=0.0)
+    return train, test
+
+
+def make_splits(variant: str = "hard", seed: int = 0, noise: float = 0.15, copies: int = 3,
+                test_fraction: float = 0.25, val_fraction: float = 0.2):
+    """(train, val, test) pairs as in :func:`make_dataset`, all three split by source image, so
+    the validation set (what pruning selects on) holds no noisy twin of a training image.
+    ``val_fraction`` is of the non-test images; 0 gives an empty validation set."""
     from sklearn.datasets import load_digits
 
     if variant not in ("clean", "hard"):
@@ -61,8 +70,12 @@ def make_dataset(variant: str = "hard", seed: int = 0, noise: float = 0.15, copi
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(images))
     n_test = int(round(test_fraction * len(images)))
+    n_val = int(round(val_fraction * (len(images) - n_test)))
     parts = []
-    for idx in (order[n_test:], order[:n_test]):
+    for idx in (order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]):
+        if len(idx) == 0:
+            parts.append((np.zeros((0, 1, 8, 8), np.float32), np.zeros(0, np.int64)))
+            continue
         if variant == "clean":
             parts.append((images[idx][:, None], labels[idx]))
             continue
@@ -73,7 +86,7 @@ def make_dataset(variant: str = "hard", seed: int = 0, noise: float = 0.15, copi
                 xs.append(_shift(images[i], int(dy), int(dx)) + rng.normal(0.0, noise, size=(8, 8)).astype(np.float32))
                 ys.append(labels[i])
         parts.append((np.stack(xs)[:, None].astype(np.float32), np.array(ys, dtype=np.int64)))
-    return parts[0], parts[1]
+    return parts[0], parts[1], parts[2]
 
 
 def train_cnn(x: np.ndarray, y: np.ndarray, *, epochs: int = 20, seed: int = 0, lr: float = 2e-3) -> DigitsCNN:
@@ -104,14 +117,15 @@ def run(out: Path, *, quick: bool = False, hw: str = "eyeriss", budget: str = "2
 
     torch.set_num_threads(1)  # a shared 2-core machine: one thread avoids spin-wait contention
     out.mkdir(parents=True, exist_ok=True)
-    (x, y), (x_test, y_test) = make_dataset(variant, seed=seed, copies=1 if quick else 3)
+    (x, y), (x_val, y_val), (x_test, y_test) = make_splits(variant, seed=seed, copies=1 if quick else 3)
     model = train_cnn(x, y, epochs=8 if quick else 20, seed=seed, lr=4e-3 if quick else 2e-3)
     model_path = export_onnx(model, torch.from_numpy(x[:1]), out / "digits_cnn.onnx")
-    np.savez(out / "digits.npz", x=x, y=y)
+    np.savez(out / "digits.npz", x=np.concatenate([x, x_val]), y=np.concatenate([y, y_val]))
     np.savez(out / "digits_test.npz", x=x_test, y=y_test)
     dense = estimate(load_model(model_path, batch=1).graph, hw)
     options = {"initial_step": 0.2} if quick and method == "budget" else None
-    result = prune(model_path, hw, budget=budget, method=method, granularity=granularity, train=(x, y), seed=seed,
+    result = prune(model_path, hw, budget=budget, method=method, granularity=granularity, train=(x, y),
+                   val=(x_val, y_val), seed=seed,
                    finetune_epochs=1 if quick else 4, short_epochs=0.2 if quick else 0.3,
                    calib_size=256 if quick else 1024, method_options=options, progress=progress)
     pruned_path = result.save(out / "digits_cnn_pruned.onnx", source=model_path)
