@@ -119,7 +119,7 @@ static void jc_simhash(const float *x, int64_t n, int64_t d, const float *proj,
  * packs the K bin values, log2(m) bits each. */
 static void jc_dwta(const float *x, int64_t n, int64_t d, const int32_t *idx, int L, int K,
                     int m, int log2m, uint32_t *codes, int nthreads) {
-    #pragma omp parallel num_threads(jc_threads(nthreads))
+    #pragma omp parallel num_threads(jc_threads(nthreads)) if (n * L * K * m > (1 << 18))
     {
         int *bins = (int *)malloc(sizeof(int) * (size_t)K);
         #pragma omp for schedule(static)
@@ -339,7 +339,7 @@ static void jc_grouped_dots(const uint64_t *bits, const float *x, int64_t B, int
                             int64_t *cursor, int32_t *indices, float *values,
                             int64_t *distinct) {
     const int64_t nw = (B + 63) / 64;
-    #pragma omp parallel for schedule(static, 1) num_threads(T)
+    #pragma omp parallel for schedule(static, 1) num_threads(T) if (T > 1)
     for (int t = 0; t < T; t++) {
         int64_t n0, n1;
         jc_range(N, t, T, &n0, &n1);
