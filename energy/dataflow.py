@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -152,14 +152,27 @@ class LayerContext:
     density: tuple[tuple[Operand, float], ...]
     holds: tuple[tuple[Operand, tuple[int, ...]], ...]  # levels holding each operand, innermost first
 
+    # Looked up in the hot loop of evaluate(): built once per context, not per call.
+    @cached_property
+    def _bits(self) -> dict[Operand, int]:
+        return dict(self.bits)
+
+    @cached_property
+    def _density(self) -> dict[Operand, float]:
+        return dict(self.density)
+
+    @cached_property
+    def _holds(self) -> dict[Operand, tuple[int, ...]]:
+        return dict(self.holds)
+
     def bits_of(self, op: Operand) -> int:
-        return dict(self.bits)[op]
+        return self._bits[op]
 
     def density_of(self, op: Operand) -> float:
-        return dict(self.density)[op]
+        return self._density[op]
 
     def levels_holding(self, op: Operand) -> tuple[int, ...]:
-        return dict(self.holds)[op]
+        return self._holds[op]
 
 
 def layer_context(layer: Layer, hw: HardwareContext) -> LayerContext:
@@ -284,8 +297,9 @@ def _above(per_level: np.ndarray) -> np.ndarray:
     return out
 
 
-def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext) -> BatchCost:
-    """Access counts, energy and cycles of every mapping in ``batch`` (see module docstring)."""
+def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext, *, fits: np.ndarray | None = None) -> BatchCost:
+    """Access counts, energy and cycles of every mapping in ``batch`` (see module docstring).
+    ``fits``: the caller's ``feasible(batch, ...)``, if it has it already."""
     spec = hw.spec
     K, L = batch.temporal.shape[:2]
     T = batch.temporal
@@ -386,7 +400,8 @@ def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext) -> Bat
         else:
             add(reads, (inner, op), per_mac)
 
-    fits = _fits(batch, ctx, hw, footprints)
+    if fits is None:
+        fits = _fits(batch, ctx, hw, footprints)
     mac_bits = max(ctx.bits_of(Operand.WEIGHTS), ctx.bits_of(Operand.INPUTS))
     effective_macs = macs * eff_all
     compute_pj = effective_macs * spec.mac_energy_pj(mac_bits)

@@ -190,7 +190,7 @@ def _objective(assign: np.ndarray, orders: np.ndarray, space: _Space, ctx: Layer
     values = np.full(len(batch), np.inf)
     fits = np.flatnonzero(feasible(batch, ctx, hw))
     if len(fits):
-        values[fits] = objective_values(evaluate(batch.take(fits), ctx, hw), objective)
+        values[fits] = objective_values(evaluate(batch.take(fits), ctx, hw, fits=np.ones(len(fits), bool)), objective)
     return values
 
 
