@@ -5,7 +5,9 @@ sub-vectors by LSH and compute one product per cluster.
     y, stats = reuse_conv2d(x, weight, bias, stride=1, pad=1, sub_len=16, n_hashes=6)
 
 Cost model (multiply-accumulates): N*K*H to hash + r_c*N*K*M for the centroid products,
-r_c = clusters / rows averaged over sub-vector positions. ReuseSchedule picks (sub_len,
+r_c = clusters / rows averaged over sub-vector positions. For a conv (share="pixel", the
+default) a sub-vector is a channel chunk of one input pixel, hashed once for all R*S im2col
+rows that read it: hashing costs pixels*C*H instead of N*K*H. ReuseSchedule picks (sub_len,
 n_hashes) during training, coarse (more reuse) first and finer later.
 """
 from __future__ import annotations
@@ -26,9 +28,11 @@ class ReuseStats:
     """What one reuse product cost and how close it came.
 
     cluster_ratio: clusters / rows, averaged over sub-vector positions (and row blocks);
-    macs_hash: N*K*H; macs_product: sum of clusters x sub-vector length x M over the
-    nonzero clusters; macs_dense: N*K*M; relative_error: ||Y - X W||_F / ||X W||_F (None
-    when not computed); zero_fraction: share of sub-vectors that were all zero.
+    for conv share="pixel", clusters / input pixels averaged over channel chunks.
+    macs_hash: N*K*H (pixel mode: pixels*C*H); macs_product: sum of clusters x sub-vector
+    length x M (pixel mode: x R*S) over the nonzero clusters; macs_dense: N*K*M;
+    relative_error: ||Y - X W||_F / ||X W||_F (None when not computed); zero_fraction:
+    share of sub-vectors that were all zero (they form one cluster whose product is skipped).
     """
 
     cluster_ratio: float
