@@ -37,7 +37,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from energy.errors import ModelError
 from energy.ir import Layer, LoopDims, OpKind
@@ -399,7 +399,7 @@ def reduce(ops_per_reduced_element: float) -> Handler:
 
 def pool(view: NodeView) -> Layer:
     """MaxPool / AveragePool / LpPool: a window of kernel_shape reads per output."""
-    x, y = view.input(0), view.output()
+    y = view.output()
     window = math.prod(view.ints("kernel_shape", []))
     layer = _counted(view, OpKind.POOL, float(window))
     return layer.replace(output_elements=view.elements(y))  # not MaxPool's optional Indices

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -45,6 +43,7 @@ import torch.nn.functional as F
 from onnx import helper, numpy_helper
 from torch import nn
 
+from energy.io import write_atomic
 from energy.errors import DataError, ModelError, OptionError
 from kernels.slide import FAMILIES, HashedLinear, choose_k_l
 from pruning.export import onnx_from_module
@@ -531,17 +530,7 @@ def export_hashed(result: HashedResult, path: str | Path, *, source: str | Path 
         onnx.checker.check_model(result.onnx, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ModelError(f"hashed model is not valid ONNX: {exc}", file=str(path)) from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(result.onnx.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, result.onnx.SerializeToString())
 
 
 def verify_hashed(model: str | Path | onnx.ModelProto, module: nn.Module, x, atol: float = 1e-4) -> float:

@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from sweep.cells import PHASES, CellJob, CellResult, file_digest, fingerprint, run_cell
 from sweep.config import SweepConfig, load_config
