@@ -202,11 +202,37 @@ def markdown(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict
                          f"{fmt(c['saving_ratio_energy-aware'])} | {fmt(c['energy_ratio_budget'])} | "
                          f"{fmt(c['energy_ratio_energy-aware'])} | {fmt(c.get('energy_ratio_energy-aware_vs4ep'))} |")
         lines.append("")
+    lines += targets(means, comparisons, speed_rows, dense)
     if speed_rows:
         lines += ["### onnxruntime latency, dense vs channel-pruned exports (clean, first seed; median, 1 thread)", "",
                   "| batch | model | median ms | speed-up | file bytes |", "|---|---|---|---|---|"]
         lines += [f"| {r['batch']} | {r['model']} | {r['ms']:.4f} | {r['speedup']:.2f}x | {r['bytes']} |" for r in speed_rows]
     return "\n".join(lines) + "\n"
+
+
+def targets(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict) -> list[str]:
+    """The brief's targets against the measured figures (met or not, computed, not typed in)."""
+    lines = ["### Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for budget, floor in ((0.25, 0.97), (0.10, 0.95)):
+        for method in ("budget", "energy-aware"):
+            v = means.get(("channel", "clean", method, budget))
+            if v:
+                lines.append(f"| channel, clean digits, {budget:.0%} budget: test accuracy >= {floor:.0%} ({method}) | "
+                             f"mean {v['acc']:.4f}, min {v['acc_min']:.4f} (dense {dense[('channel', 'clean')]:.4f}) | "
+                             f"{'yes' if v['acc'] >= floor else 'no'}{'' if v['acc_min'] >= floor else ' (not every seed)'} |")
+    for (granularity, variant), comps in comparisons.items():
+        for method in ("budget", "energy-aware"):
+            savings = [c[f"saving_ratio_{method}"] for c in comps if c[f"saving_ratio_{method}"] is not None]
+            energies = [c[f"energy_ratio_{method}"] for c in comps if c[f"energy_ratio_{method}"] is not None]
+            if savings:
+                lines.append(f"| {granularity}, {variant}: {method} saves >= 1.5x the energy magnitude saves at equal accuracy | "
+                             f"saving ratio {min(savings):.2f}-{max(savings):.2f}; energy ratio E_mag/E {min(energies):.2f}-{max(energies):.2f} "
+                             f"(accuracy levels dense -0.5 to -3 %) | {'yes' if max(savings) >= 1.5 else 'no'} |")
+    for r in speed_rows:
+        if r["model"] != "dense":
+            lines.append(f"| channel-pruned export faster than dense in onnxruntime (batch {r['batch']}, {r['model'].split(' (')[0]}) | "
+                         f"{r['speedup']:.2f}x | {'yes' if r['speedup'] > 1 else 'no'} |")
+    return lines + [""]
 
 
 def render(payloads: list[dict], command: str) -> str:
