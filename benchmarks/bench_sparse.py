@@ -234,6 +234,17 @@ def render(rows: list[dict], conv_rows: list[dict], int8_rows: list[dict], comma
         out.append(f"- The 1-minute load average reached {worst:.1f} on {cores} cores during this run "
                    "(other jobs shared the machine): every figure is noisy, and the 2-thread ones, "
                    "where a descheduled OpenMP thread stalls the whole call, are not meaningful.")
+    one = {(r["shape"], r["sparsity"]): r["median_s"]["pack"] for r in rows if r["threads"] == 1}
+    slow = [(r, one[(r["shape"], r["sparsity"])]) for r in rows
+            if r["threads"] == 2 and (r["shape"], r["sparsity"]) in one
+            and r["median_s"]["pack"] > 5 * one[(r["shape"], r["sparsity"])]]
+    if slow:
+        worst_r, base = max(slow, key=lambda rb: rb[0]["median_s"]["pack"] / rb[1])
+        out.append(f"- In {len(slow)} 2-thread rows, packing X alone took over 5x its 1-thread time "
+                   f"(worst: {worst_r['shape'][1]} x {worst_r['shape'][2]} x {worst_r['shape'][3]}, "
+                   f"{worst_r['median_s']['pack'] * 1e3:.2f} ms vs {base * 1e3:.2f} ms): with any other job "
+                   "runnable, the second thread can wait a scheduler slice to start, so short 2-thread "
+                   "calls (ours and torch's) are unreliable here.")
     for r in rows:
         if r["shape"][0] == SHAPES[0][0] and r["threads"] == 1 and r["sparsity"] in (0.9, 0.95):
             med = r["median_s"]
