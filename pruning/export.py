@@ -38,6 +38,21 @@ def _set_attr(node: onnx.NodeProto, name: str, value: object) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
+def _own(node: onnx.NodeProto, node_name: str, tensor: str, owner: dict[str, str], dtypes: dict) -> str:
+    """The initializer name this node's parameter is written to. Exporters deduplicate equal
+    initializers (two zero biases become one); after pruning they differ, so a second user
+    gets its own copy, ``{tensor}/{node}``, and the node input is rewired to it."""
+    if not tensor or owner.setdefault(tensor, node_name) == node_name:
+        return tensor
+    fresh = f"{tensor}/{node_name}"
+    for i, t in enumerate(node.input):
+        if t == tensor:
+            node.input[i] = fresh
+    dtypes[fresh] = dtypes[tensor]
+    owner[fresh] = node_name
+    return fresh
+
+
 def onnx_from_module(module: OnnxModule) -> onnx.ModelProto:
     """The source model of ``module`` with its current parameters written back (see module doc)."""
     model = onnx.ModelProto()
@@ -49,9 +64,11 @@ def onnx_from_module(module: OnnxModule) -> onnx.ModelProto:
         if t.name in module._const_key:
             values[t.name] = _np(module.constant(t.name))
     extra: list[onnx.TensorProto] = []
+    owner: dict[str, str] = {t: "" for t in module._const_key}  # initializer -> the node whose values it holds ("": a constant)
     for node, step in zip(graph.node, module.steps):
         params = module._param_tensors.get(step.name)
         if params is not None:
+            params = tuple(_own(node, step.name, t, owner, dtypes) for t in params)
             layer = module.layer(step.name)
             if step.op == "Conv":
                 values[params[0]] = _np(layer.weight)
@@ -77,6 +94,9 @@ def onnx_from_module(module: OnnxModule) -> onnx.ModelProto:
             _set_attr(node, "allowzero", 0)  # 0 in the shape copies the batch dim
     new_inits = [numpy_helper.from_array(np.ascontiguousarray(values[t.name].astype(dtypes[t.name])), t.name)
                  if t.name in values else t for t in graph.initializer]
+    existing = {t.name for t in graph.initializer}
+    new_inits += [numpy_helper.from_array(np.ascontiguousarray(v.astype(dtypes[name])), name)
+                  for name, v in values.items() if name not in existing]
     used = {t for node in graph.node for t in node.input}
     del graph.initializer[:]
     graph.initializer.extend([t for t in new_inits if t.name in used] + extra)

@@ -166,3 +166,25 @@ def test_missing_and_corrupt_files(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelError, match="bad.onnx"):
         onnx_to_torch(bad)
+
+
+def test_shared_initializers_are_unshared_on_export(tmp_path):
+    """Exporters deduplicate equal initializers; once one user changes, each needs its own copy."""
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(4, 2, 1, 1)).astype(np.float32)
+    w2 = rng.normal(size=(4, 4, 1, 1)).astype(np.float32)
+    bias = np.zeros(4, np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b"], ["h"], name="c1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2", "b"], ["y"], name="c2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 3, 3])],
+                              [onnx.numpy_helper.from_array(a, n) for n, a in (("w1", w1), ("w2", w2), ("b", bias))])
+    module = onnx_to_torch(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])).eval()
+    with torch.no_grad():
+        module.layer("c2").bias.fill_(0.5)
+    x = torch.randn(2, 2, 3, 3)
+    out = export_onnx(module, x, tmp_path / "m.onnx")
+    assert verify_onnx(out, module, x) <= 1e-6
+    inputs = {n.name: list(n.input) for n in onnx.load(str(out)).graph.node}
+    assert inputs["c1"][2] != inputs["c2"][2]
