@@ -32,7 +32,8 @@ class PruneState:
     kept: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def copy(self) -> "PruneState":
-        return copy.deepcopy(self)
+        """A deep copy that shares the (read-only) source ONNX model."""
+        return copy.deepcopy(self, memo={id(self.module.source): self.module.source})
 
 
 class Units:
