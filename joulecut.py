@@ -186,11 +186,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise UsageError("--layers goes with --granularity hashed or reuse")
     budget = parse_budget(args.budget) if args.budget is not None else None  # a bad budget fails before any work
     x, y = load_npz(args.data)
+    val = load_npz(args.val) if args.val else None
     method = args.method or ("budget" if budget is not None else "energy-aware")
     progress = _StepProgress(args.quiet)
     try:
         result = prune(args.model, args.hw, budget=budget, method=method, granularity=args.granularity,
-                       train=(x, y), seed=args.seed, allowed_drop=args.allowed_drop,
+                       train=(x, y), val=val, seed=args.seed, allowed_drop=args.allowed_drop,
                        finetune_epochs=args.finetune_epochs, channel_multiple=args.channel_multiple,
                        progress=progress)
     finally:
@@ -348,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hw", required=True, help="built-in spec name or a YAML file")
     p.add_argument("--budget", help="energy budget with a unit: 40%% of the dense estimate, or 2.5mJ, 800uJ ...")
     p.add_argument("--data", required=True, help=".npz with x (inputs) and y (labels); split with --seed")
+    p.add_argument("--val", help=".npz validation set (x, y); default: a seeded 20%% split of --data")
     p.add_argument("-o", "--output", required=True, help="pruned ONNX file (a .json and .md report go beside it)")
     p.add_argument("--method", choices=["energy-aware", "budget", "magnitude"], default=None,
                    help="default: budget when --budget is given, else energy-aware")
