@@ -8,8 +8,6 @@ exactly those of the source model. Any other nn.Module goes through ``torch.onnx
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +19,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from energy.errors import ModelError
+from energy.io import write_atomic
 from pruning.onnx_torch import OnnxModule
 
 DEFAULT_OPSET = 17  # for modules that are not an OnnxModule
@@ -165,17 +164,7 @@ def export_onnx(
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"exported model is not valid ONNX: {exc}", file=str(path)) from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, model.SerializeToString())
 
 
 def verify_onnx(
