@@ -34,6 +34,7 @@ except ImportError:  # optional: only keeps NumPy's BLAS pool from spinning
 import torch.nn.functional as F
 from torch import nn
 
+from timing import interleaved_medians  # noqa: E402  (benchmarks/ is on sys.path)
 from kernels.reuse import conv_thresholds, im2col, reuse_conv2d
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,25 +140,6 @@ def layer_input(model, layer: str, x: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(F.relu(model.conv2(h)), 2)
 
 
-def medians(fns: dict, repeats: int) -> tuple[dict, dict]:
-    """(median wall seconds, median CPU seconds of this thread) per function, interleaved
-    rounds. CPU time leaves out time given to other processes (meaningful with 1 thread)."""
-    for fn in fns.values():
-        fn()
-    wall = {k: [] for k in fns}
-    cpu = {k: [] for k in fns}
-    for r in range(max(1, repeats // 3)):
-        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            time.sleep(0.02)       # let the other OpenMP runtime's threads stop spinning
-            for _ in range(3):
-                t, c = time.perf_counter(), time.thread_time()
-                fns[k]()
-                cpu[k].append(time.thread_time() - c)
-                wall[k].append(time.perf_counter() - t)
-    return ({k: float(np.median(v)) for k, v in wall.items()},
-            {k: float(np.median(v)) for k, v in cpu.items()})
-
-
 def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
     torch.set_num_threads(threads)
     mod = load_digits_example()
@@ -197,7 +179,7 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
                         inp, w, b, stride=1, pad=1, sub_len=L, n_hashes=H, block_rows=blk,
                         thresholds=thr[(L, H)] if cen else None,
                         compute_error=False, num_threads=threads))
-            med, cpu = medians(fns, repeats)
+            med, cpu = interleaved_medians(fns, repeats)
             lines.append(f"**{layer}** ({C} -> {M} ch, {inp.shape[2]}x{inp.shape[3]}, 3x3 pad 1; "
                          f"im2col {n * inp.shape[2] * inp.shape[3]} x {C * R * S} times {C * R * S} x {M}): "
                          f"dense im2col matmul {med['im2col'] * 1e3:.2f} ms, torch conv2d (whole layer) "

@@ -32,6 +32,7 @@ try:
 except ImportError:  # optional: only keeps NumPy's BLAS pool from spinning
     threadpool_limits = None
 
+from timing import interleaved_medians  # noqa: E402  (benchmarks/ is on sys.path)
 from kernels.slide import HashedLinear, choose_k_l
 
 N_OUT, N_IN, N_CENTRES = 100_000, 128, 2_000
@@ -77,27 +78,6 @@ def make_layer(rng, structured: bool):
     return W, b, inputs
 
 
-def interleaved(fns: dict, repeats: int) -> tuple[dict, dict]:
-    """(median wall seconds, median CPU seconds of this thread) per function; each round runs
-    every function 3 times in turn, the order alternating between rounds. The CPU time is
-    what a call cost when it ran alone on its thread (meaningful with 1 thread: it leaves
-    out time the scheduler gave to other processes)."""
-    for fn in fns.values():
-        fn()
-    wall = {k: [] for k in fns}
-    cpu = {k: [] for k in fns}
-    for r in range(max(1, repeats // 3)):
-        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            time.sleep(0.02)       # let the other OpenMP runtime's threads stop spinning
-            for _ in range(3):
-                t, c = time.perf_counter(), time.thread_time()
-                fns[k]()
-                cpu[k].append(time.thread_time() - c)
-                wall[k].append(time.perf_counter() - t)
-    return ({k: float(np.median(v)) for k, v in wall.items()},
-            {k: float(np.median(v)) for k, v in cpu.items()})
-
-
 def run(threads: int, repeats: int) -> tuple[str, dict]:
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -136,7 +116,7 @@ def run(threads: int, repeats: int) -> tuple[str, dict]:
                 "batched_dense_out": lambda: layer.forward(x, "batched"),
             }
             with torch.inference_mode():
-                med, cpu = interleaved(fns, repeats)
+                med, cpu = interleaved_medians(fns, repeats)
             # the dense baseline is the faster of the two layouts, in each clock
             for d in (med, cpu):
                 d["dense"] = min(d.pop("dense_linear"), d.pop("dense_t"))
