@@ -6,15 +6,29 @@ from kernels.conv import CompactWeight, compact_channels, conv2d_dense, conv2d_s
 from kernels.formats import BSRMatrix, CSRMatrix
 from kernels.sparse_gemm import PANEL_WIDTH, spmm, spmm_im2col
 
+# Hashed (SLIDE) layers, adaptive deep reuse, and the ONNX graph runner.
+from kernels.reuse import ReuseSchedule, ReuseStats, reuse_conv2d, reuse_matmul
+from kernels.runner import GraphRunner, LayerRun, choose_format
+from kernels.slide import HashedLinear, choose_k_l
+
 __all__ = [
     "BSRMatrix",
     "CSRMatrix",
     "CompactWeight",
+    "GraphRunner",
+    "HashedLinear",
+    "LayerRun",
     "PANEL_WIDTH",
+    "ReuseSchedule",
+    "ReuseStats",
+    "choose_format",
+    "choose_k_l",
     "compact_channels",
     "conv2d_dense",
     "conv2d_sparse",
     "dense_gemm",
+    "reuse_conv2d",
+    "reuse_matmul",
     "spmm",
     "spmm_im2col",
 ]

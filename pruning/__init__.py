@@ -18,6 +18,14 @@ _EXPORTS = {
     "export_onnx": "pruning.export", "verify_onnx": "pruning.export",
     "load_npz": "pruning.data", "check_data": "pruning.data", "split": "pruning.data",
     "restore_layer": "pruning.lsq",
+    "DynamicSparseTrainer": "pruning.dsr", "StaticSparseTrainer": "pruning.dsr", "train_sparse": "pruning.dsr",
+    "SparseTrainingHistory": "pruning.dsr", "ReallocationCycle": "pruning.dsr", "first_and_last_layers": "pruning.dsr",
+    "block_mask": "pruning.blocks", "layer_magnitude_mask": "pruning.blocks", "global_magnitude_masks": "pruning.blocks",
+    "apply_masks": "pruning.blocks", "MaskedWeights": "pruning.blocks", "prunable_layers": "pruning.blocks",
+    "to_hashed": "pruning.hashed", "prune_hashed": "pruning.hashed", "export_hashed": "pruning.hashed",
+    "HashedResult": "pruning.hashed", "to_reuse": "pruning.reuse", "ReuseResult": "pruning.reuse",
+    "validate": "pruning.validate", "ValidationReport": "pruning.validate",
+    "density_for_energy": "pruning.sparse_budget",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -161,3 +161,10 @@ def test_sweep_config_errors_are_named_before_any_work(tmp_path):
     assert_user_error(proc, "bad.yaml:5:", "did you mean 'eyeriss'")
     assert not (tmp_path / "out").exists()
     assert run("sweep", str(config), "-j", "0").returncode == 2
+
+
+def test_estimating_never_imports_torch():
+    code = ("import sys, joulecut; code = joulecut.main(['estimate', 'examples/models/tiny_resnet.onnx', '--hw', 'eyeriss', "
+            "'--format', 'json', '-q']); assert code == 0; assert 'torch' not in sys.modules, 'torch was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
