@@ -295,9 +295,9 @@ def prune(
     return PruningResult(
         module=state.module, method=method, granularity=granularity, hardware=hw.name,
         budget=str(parsed) if parsed else None, target_pj=target,
-        energy_before_pj=dense_pj, energy_after_pj=energy.total_pj(final_graph),
-        layer_energy_before_pj=MappingProxyType(energy.per_layer_pj(graph)),
-        layer_energy_after_pj=MappingProxyType(energy.per_layer_pj(final_graph)),
+        energy_before_pj=dense_pj, energy_after_pj=energy.exact_pj(final_graph),
+        layer_energy_before_pj=MappingProxyType(energy.exact_per_layer_pj(graph)),
+        layer_energy_after_pj=MappingProxyType(energy.exact_per_layer_pj(final_graph)),
         accuracy_before=accuracy_before, accuracy_after=evaluate(state.module),
         plan=tuple(plan), history=tuple(MappingProxyType(h) for h in ctx.history), seed=seed,
         wall_time_s=time.perf_counter() - started, samples_trained=ctx.samples_trained,
