@@ -34,38 +34,18 @@ except ImportError:  # optional: only keeps NumPy's BLAS pool from spinning
 import torch.nn.functional as F
 from torch import nn
 
-from timing import interleaved_medians  # noqa: E402  (benchmarks/ is on sys.path)
+from results import update_subsection  # noqa: E402  (benchmarks/ is on sys.path)
+from timing import interleaved_medians  # noqa: E402
 from kernels.reuse import conv_thresholds, im2col, reuse_conv2d
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIB_IMAGES = 512   # training images the centred thresholds are calibrated on, once
-SECTION = "## Hashed and reuse kernels"
-# (sub_len, n_hashes, centered thresholds)
+SECTION = "Hashed and reuse kernels"
 # (sub_len, n_hashes, centred thresholds, rows clustered together)
 SETTINGS = [(16, 8, False, 8192), (16, 16, False, 8192), (16, 32, False, 8192),
             (16, 16, True, 8192), (16, 24, True, 8192), (16, 32, True, 4096), (16, 32, True, 8192),
             (16, 32, True, 16384), (16, 48, True, 8192), (32, 32, True, 8192), (32, 48, True, 8192),
             (8, 32, True, 8192), (4, 32, True, 8192)]
-
-
-def update_section(path: str, key: str, text: str) -> None:
-    """Replace the "### key" block inside SECTION of RESULTS.md (create what is missing);
-    other sections of the file are left as they are. Written atomically."""
-    body = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-    if SECTION not in body:
-        body = body.rstrip("\n") + f"\n\n{SECTION}\n"
-    start = body.index(SECTION) + len(SECTION)
-    nxt = body.find("\n## ", start)
-    end = len(body) if nxt < 0 else nxt + 1
-    blocks = body[start:end].split("\n### ")
-    head, subs = blocks[0], {b.split(":", 1)[0].split("\n", 1)[0].strip(): b for b in blocks[1:]}
-    subs[key] = text.strip("\n").removeprefix("### ") + "\n"
-    new_sec = head.rstrip("\n") + "\n" + "".join("\n### " + subs[k] for k in sorted(subs))
-    body = body[:start] + new_sec + ("\n" + body[end:] if end < len(body) else "")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(body)
-    os.replace(tmp, path)
 
 
 def load_digits_example():
@@ -241,8 +221,7 @@ def main() -> None:
             + body + "\n")
     print(text)
     if args.write:
-        update_section(str(ROOT / "benchmarks" / "RESULTS.md"),
-                       f"bench_reuse ({args.variant} digits, {args.threads} thread(s))", text)
+        update_subsection(SECTION, f"bench_reuse ({args.variant} digits, {args.threads} thread(s))", text)
 
 
 if __name__ == "__main__":

@@ -32,32 +32,12 @@ try:
 except ImportError:  # optional: only keeps NumPy's BLAS pool from spinning
     threadpool_limits = None
 
-from timing import interleaved_medians  # noqa: E402  (benchmarks/ is on sys.path)
+from results import update_subsection  # noqa: E402  (benchmarks/ is on sys.path)
+from timing import interleaved_medians  # noqa: E402
 from kernels.slide import HashedLinear, choose_k_l
 
 N_OUT, N_IN, N_CENTRES = 100_000, 128, 2_000
-SECTION = "## Hashed and reuse kernels"
-
-
-def update_section(path: str, key: str, text: str) -> None:
-    """Replace the "### key" block inside SECTION of RESULTS.md (create what is missing);
-    other sections of the file are left as they are. Written atomically."""
-    body = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-    if SECTION not in body:
-        body = body.rstrip("\n") + f"\n\n{SECTION}\n"
-    start = body.index(SECTION) + len(SECTION)
-    nxt = body.find("\n## ", start)
-    end = len(body) if nxt < 0 else nxt + 1
-    sec = body[start:end]
-    blocks = sec.split("\n### ")
-    head, subs = blocks[0], {b.split(":", 1)[0].split("\n", 1)[0].strip(): b for b in blocks[1:]}
-    subs[key] = text.strip("\n").removeprefix("### ") + "\n"
-    new_sec = head.rstrip("\n") + "\n" + "".join("\n### " + subs[k] for k in sorted(subs))
-    body = body[:start] + new_sec + ("\n" + body[end:] if end < len(body) else "")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(body)
-    os.replace(tmp, path)
+SECTION = "Hashed and reuse kernels"
 
 
 def make_layer(rng, structured: bool):
@@ -164,8 +144,7 @@ def main() -> None:
             + table + "\n")
     print(text)
     if args.write:
-        update_section(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"),
-                       key, text)
+        update_subsection(SECTION, key, text)
 
 
 if __name__ == "__main__":
