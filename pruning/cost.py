@@ -6,6 +6,8 @@ so each layer's energy depends only on the layer itself: with the default estima
 energies are memoised per (frozen, hashable) Layer via ``energy.estimate_layer`` and a
 proposal only pays for the layers it changed. The memo is checked once against a full
 ``energy.estimate`` of the base graph; on any mismatch every proposal is estimated in full.
+A changed layer is searched only in the dataflow its unpruned version chose; that can only
+over-estimate a proposal, and ``exact_pj`` gives the full estimate the final result reports.
 """
 from __future__ import annotations
 
