@@ -198,26 +198,25 @@ class TransformerBlock(nn.Module):
         return _seeded_input(cls.INPUT_SHAPE, batch)
 
 
-class DigitsCNN(nn.Module):
-    """For scikit-learn's 8x8 digits: input 1x8x8, 10 classes. Dense MACs at batch 1:
+def _digits_example():
+    """examples/digits/digits.py as a module: the tests use the example's own network."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "digits" / "digits.py"
+    spec = importlib.util.spec_from_file_location("joulecut_digits_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class DigitsCNN(_digits_example().DigitsCNN):
+    """The digits example's CNN (input 1x8x8, 10 classes). Dense MACs at batch 1:
     conv 1->16 3x3 pad 1 @8x8: 16*1*9*64 = 9216; conv 16->32 @8x8: 32*16*9*64 = 294912;
     maxpool 2 -> 4x4; conv 32->32 @4x4: 32*32*9*16 = 147456; flatten 32*4*4 = 512 -> fc 10: 5120.
     Total 456704."""
 
     INPUT_SHAPE = (1, 8, 8)
     ANALYTIC_MACS = 9216 + 294912 + 147456 + 5120
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
-        self.fc = nn.Linear(32 * 4 * 4, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv2(F.relu(self.conv1(x))))
-        x = F.relu(self.conv3(F.max_pool2d(x, 2)))
-        return self.fc(torch.flatten(x, 1))
 
     @classmethod
     def example_input(cls, batch: int = 1) -> torch.Tensor:
