@@ -303,7 +303,7 @@ def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext, *, fit
     spec = hw.spec
     K, L = batch.temporal.shape[:2]
     T = batch.temporal
-    spatial, per_pe_tile, with_spatial, tile = _tiles(batch, hw)
+    spatial, _, with_spatial, tile = _tiles(batch, hw)
     n_pes = spatial.prod(axis=1).astype(np.float64)
     macs = float(np.prod(ctx.bounds, dtype=np.float64))
 
