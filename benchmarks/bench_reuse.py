@@ -3,8 +3,7 @@
     python benchmarks/bench_reuse.py [--threads 2] [--repeats 15] [--epochs 20] [--write]
 
 The model is examples/digits/digits.py's DigitsCNN trained on its "hard" digits (pixel
-noise + shifts), as that example trains it; if that module cannot be imported, a CNN of the
-same shape is trained here on the same kind of data (the output says which). On the test set,
+noise + shifts), as that example trains it. On the test set,
 the inputs of conv2 (16 -> 32 ch, 8x8) and conv3 (32 -> 32 ch, 4x4) are run through:
   dense im2col: im2col + torch.matmul (float32, same thread count) + NCHW reshape;
   torch conv2d: torch.nn.functional.conv2d (oneDNN);
@@ -32,7 +31,6 @@ try:
 except ImportError:  # optional: only keeps NumPy's BLAS pool from spinning
     threadpool_limits = None
 import torch.nn.functional as F
-from torch import nn
 
 from results import update_subsection  # noqa: E402  (benchmarks/ is on sys.path)
 from timing import interleaved_medians  # noqa: E402
@@ -49,58 +47,11 @@ SETTINGS = [(16, 8, False, 8192), (16, 16, False, 8192), (16, 32, False, 8192),
 
 
 def load_digits_example():
-    """examples/digits/digits.py as a module, or None when it is missing or broken."""
-    path = ROOT / "examples" / "digits" / "digits.py"
-    try:
-        spec = importlib.util.spec_from_file_location("digits_example", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        mod.DigitsCNN, mod.make_dataset, mod.train_cnn  # noqa: B018 (the API used here)
-        return mod
-    except Exception as exc:  # any failure: fall back to the local model
-        print(f"examples/digits/digits.py unavailable ({type(exc).__name__}: {exc}); training locally")
-        return None
-
-
-class LocalCNN(nn.Module):
-    """Same shape as the example's DigitsCNN (fallback)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
-        self.fc = nn.Linear(32 * 4 * 4, 10)
-
-    def forward(self, x):
-        x = F.relu(self.conv2(F.relu(self.conv1(x))))
-        x = F.relu(self.conv3(F.max_pool2d(x, 2)))
-        return self.fc(torch.flatten(x, 1))
-
-
-def local_model(epochs: int, seed: int = 0):
-    from sklearn.datasets import load_digits
-    rng = np.random.default_rng(seed)
-    d = load_digits()
-    imgs = (d.images / 16.0).astype(np.float32)
-    order = rng.permutation(len(imgs))
-    n_test = len(imgs) // 4
-    x = imgs + rng.normal(0, 0.15, imgs.shape).astype(np.float32)
-    x_tr, y_tr = x[order[n_test:], None], d.target[order[n_test:]]
-    x_te, y_te = x[order[:n_test], None], d.target[order[:n_test]]
-    torch.manual_seed(seed)
-    model = LocalCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt))
-        for i in range(0, len(xt), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            F.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-    return (model.eval(), x_tr, x_te, y_te.astype(np.int64),
-            "local CNN (same shape), clean digits + N(0, 0.15) noise")
+    """examples/digits/digits.py as a module (the benchmark measures that example's model)."""
+    spec = importlib.util.spec_from_file_location("digits_example", ROOT / "examples" / "digits" / "digits.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def forward_from(model, layer: str, x: torch.Tensor, replace=None) -> torch.Tensor:
@@ -124,12 +75,9 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
     torch.set_num_threads(threads)
     mod = load_digits_example()
     t0 = time.perf_counter()
-    if mod is not None:
-        (x, y), (x_test, y_test) = mod.make_dataset(variant, seed=0)
-        model = mod.train_cnn(x, y, epochs=epochs, seed=0)
-        source = f"examples/digits/digits.py DigitsCNN, `train_cnn(epochs={epochs})` on make_dataset('{variant}')"
-    else:
-        model, x, x_test, y_test, source = local_model(epochs)
+    (x, y), (x_test, y_test) = mod.make_dataset(variant, seed=0)
+    model = mod.train_cnn(x, y, epochs=epochs, seed=0)
+    source = f"examples/digits/digits.py DigitsCNN, `train_cnn(epochs={epochs})` on make_dataset('{variant}')"
     x_calib = torch.from_numpy(np.ascontiguousarray(x[:CALIB_IMAGES]))
     t_train = time.perf_counter() - t0
     xt = torch.from_numpy(x_test)
