@@ -18,23 +18,24 @@ class UsageError(Exception):
 
 
 class _Progress:
-    """A one-line progress bar on stderr, only on a terminal and without -q."""
+    """One status line on stderr, only on a terminal and without -q: a message (pruning steps)
+    or, through ``bar``, a bar over layers (estimation)."""
 
-    def __init__(self, enabled: bool, label: str):
-        self.enabled = enabled and sys.stderr.isatty()
-        self.label = label
+    def __init__(self, quiet: bool):
+        self.enabled = not quiet and sys.stderr.isatty()
 
-    def __call__(self, i: int, n: int, what: str = "") -> None:
-        if not self.enabled:
-            return
-        width = 30
-        done = int(width * (i + 1) / max(n, 1))
-        sys.stderr.write(f"\r{self.label} [{'#' * done}{'.' * (width - done)}] {i + 1}/{n} {what[:30]:<30}")
-        sys.stderr.flush()
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            sys.stderr.write(f"\r\x1b[K{message[:100]}")
+            sys.stderr.flush()
+
+    def bar(self, i: int, n: int, what: str = "") -> None:
+        width, done = 30, int(30 * (i + 1) / max(n, 1))
+        self(f"estimating [{'#' * done}{'.' * (width - done)}] {i + 1}/{n} {what[:30]}")
 
     def close(self) -> None:
         if self.enabled:
-            sys.stderr.write("\r" + " " * 90 + "\r")
+            sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
 
 
@@ -87,9 +88,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     for w in result.warnings:
         print(f"joulecut: warning: {w}", file=sys.stderr)
     graph = _graph_with_data(result, args.data)
-    progress = _Progress(not args.quiet, "estimating")
+    progress = _Progress(args.quiet)
     try:
-        report = estimate(graph, args.hw, dataflow=args.dataflow, objective=args.objective, progress=progress)
+        report = estimate(graph, args.hw, dataflow=args.dataflow, objective=args.objective, progress=progress.bar)
     finally:
         progress.close()
     if args.explain:
@@ -148,23 +149,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _StepProgress:
-    """Progress messages of long pruning/training work on stderr, on a terminal without -q."""
-
-    def __init__(self, quiet: bool):
-        self.enabled = not quiet and sys.stderr.isatty()
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            sys.stderr.write(f"\r\x1b[K{message[:100]}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-
-
 def _check_output(output: str, model: str) -> None:
     if Path(output).resolve() == Path(model).resolve():
         from energy.errors import DataError
@@ -188,7 +172,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     x, y = load_npz(args.data)
     val = load_npz(args.val) if args.val else None
     method = args.method or ("budget" if budget is not None else "energy-aware")
-    progress = _StepProgress(args.quiet)
+    progress = _Progress(args.quiet)
     try:
         result = prune(args.model, args.hw, budget=budget, method=method, granularity=args.granularity,
                        train=(x, y), val=val, seed=args.seed, allowed_drop=args.allowed_drop,
