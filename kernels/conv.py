@@ -3,19 +3,35 @@
 - ``conv2d_sparse``: im2col convolution whose columns are packed into panels straight from the
   image (the im2col matrix is never materialised), multiplied by a CSR/BSR weight.
 - ``compact_channels`` + ``dense_gemm`` / ``conv2d_dense``: a channel-pruned layer physically
-  loses its all-zero output and input channels and runs as a smaller dense GEMM. That GEMM is
-  plain ``numpy.matmul`` (NumPy's BLAS, with whatever thread count its BLAS is configured for).
+  loses its all-zero output and input channels and runs as a smaller dense GEMM. With few kept
+  output channels (``use_skinny``) that GEMM is ``sparse_gemm.skinny_gemm``, which reads the
+  activations in place (a BLAS packs them first, and with few rows that pass is not hidden);
+  otherwise ``numpy.matmul`` (NumPy's BLAS, with whatever thread count its BLAS is set to).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from kernels.formats import BSRMatrix, CSRMatrix
 from kernels.reference import _pair, conv_output_size, im2col
-from kernels.sparse_gemm import spmm_im2col
+from kernels.sparse_gemm import SkinnyWeight, _check_threads, skinny_gemm, spmm_im2col
+
+# Kept output rows up to which a CompactWeight is packed for skinny_gemm, and the rule for when
+# it runs instead of numpy.matmul. Measured (benchmarks/bench_sparse.py shapes, one thread):
+# skinny_gemm is 1.1-1.6x faster than OpenBLAS up to ~256 rows when N >= 128 columns; with
+# fewer columns (N = 49, 64) only up to ~64 rows, and BLAS wins beyond.
+SKINNY_MAX_ROWS = 256
+SKINNY_MAX_ROWS_NARROW = 64
+SKINNY_NARROW_COLS = 128
+
+
+def use_skinny(rows: int, cols: int) -> bool:
+    """Whether a [rows, K] @ [K, cols] product of a CompactWeight runs on skinny_gemm."""
+    limit = SKINNY_MAX_ROWS if cols >= SKINNY_NARROW_COLS else SKINNY_MAX_ROWS_NARROW
+    return 0 < rows <= limit
 
 
 def _check_x(x: object) -> np.ndarray:
@@ -104,12 +120,30 @@ class CompactWeight:
 
     weight: [len(out_index), len(in_index), ...] float32; out_index / in_index: kept channel
     numbers (int64, ascending) of the original [M, C, ...] weight of shape ``full_shape``.
+    The weight is kept read-only (a writeable one is copied): with at most SKINNY_MAX_ROWS kept
+    rows it is also packed once, here, into ``skinny`` for skinny_gemm, which must not go stale.
     """
 
     weight: np.ndarray
     out_index: np.ndarray
     in_index: np.ndarray
     full_shape: tuple[int, ...]
+    skinny: SkinnyWeight | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        w = self.weight
+        if not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim not in (2, 4):
+            raise TypeError("weight must be a float32 numpy.ndarray [M', C', ...] (2-D or 4-D)")
+        if (len(self.full_shape) != w.ndim or w.shape[0] != len(self.out_index)
+                or w.shape[1] != len(self.in_index)):
+            raise ValueError(f"weight {w.shape} does not match the kept channels "
+                             f"({len(self.out_index)}, {len(self.in_index)}) of {self.full_shape}")
+        if w.flags.writeable or not w.flags.c_contiguous:
+            w = np.array(w, dtype=np.float32, order="C")
+            w.setflags(write=False)
+            object.__setattr__(self, "weight", w)
+        if 0 < w.shape[0] <= SKINNY_MAX_ROWS:
+            object.__setattr__(self, "skinny", SkinnyWeight(w.reshape(w.shape[0], -1)))
 
     def macs(self, n_cols: int) -> int:
         """Multiply-adds of one product with n_cols columns (per-pixel count for a conv)."""
@@ -130,6 +164,7 @@ def compact_channels(w: np.ndarray) -> CompactWeight:
     out_index = np.flatnonzero(nz.any(axis=(1, 2)))
     in_index = np.flatnonzero(nz.any(axis=(0, 2)))
     small = np.ascontiguousarray(w[out_index][:, in_index], dtype=np.float32)
+    small.setflags(write=False)
     return CompactWeight(small, out_index, in_index, tuple(w.shape))
 
 
@@ -143,20 +178,29 @@ def _check_dense_x(x: object, k: int) -> np.ndarray:
     return x
 
 
-def dense_gemm(W: np.ndarray | CompactWeight, X: np.ndarray, expand: bool = True,
-               return_macs: bool = False):
-    """Y = W @ X with numpy.matmul (float32).
+def _compact_matmul(W: CompactWeight, xs: np.ndarray, threads: int) -> np.ndarray:
+    """The kept rows of W (flattened) times xs[K', N]: skinny_gemm or numpy.matmul."""
+    if W.skinny is not None and use_skinny(W.weight.shape[0], xs.shape[1]):
+        return skinny_gemm(W.skinny, xs, threads=threads)
+    return np.matmul(W.weight.reshape(W.weight.shape[0], -1), xs)
 
-    W: a dense float32 [M, K] matrix, or a 2-D CompactWeight; then only the kept rows of X are
-    read and only the kept output rows computed. ``expand=True`` scatters them into a zero
-    [M, N] result; ``expand=False`` returns just the kept rows (what a physically smaller layer
-    hands on). With ``return_macs`` returns (Y, macs executed)."""
+
+def dense_gemm(W: np.ndarray | CompactWeight, X: np.ndarray, expand: bool = True,
+               return_macs: bool = False, threads: int = 1):
+    """Y = W @ X (float32).
+
+    W: a dense float32 [M, K] matrix (numpy.matmul), or a 2-D CompactWeight; then only the kept
+    rows of X are read and only the kept output rows computed, on skinny_gemm with ``threads``
+    OpenMP threads when ``use_skinny`` says so, else numpy.matmul. ``expand=True`` scatters them
+    into a zero [M, N] result; ``expand=False`` returns just the kept rows (what a physically
+    smaller layer hands on). With ``return_macs`` returns (Y, macs executed)."""
+    threads = _check_threads(threads)
     if isinstance(W, CompactWeight):
         if len(W.full_shape) != 2:
             raise ValueError("dense_gemm takes a 2-D CompactWeight; use conv2d_dense for 4-D")
         X = _check_dense_x(X, W.full_shape[1])
         xs = X if W.in_index.size == X.shape[0] else X[W.in_index]
-        ys = np.matmul(W.weight, xs)
+        ys = _compact_matmul(W, xs, threads)
         macs = W.macs(X.shape[1])
         if expand:
             y = np.zeros((W.full_shape[0], X.shape[1]), dtype=np.float32)
@@ -173,10 +217,12 @@ def dense_gemm(W: np.ndarray | CompactWeight, X: np.ndarray, expand: bool = True
 def conv2d_dense(x: np.ndarray, w: np.ndarray | CompactWeight, bias: np.ndarray | None = None,
                  stride: int | tuple[int, int] = 1, pad: int | tuple[int, int] = 0,
                  dilation: int | tuple[int, int] = 1, expand: bool = True,
-                 return_macs: bool = False):
-    """groups=1 convolution as im2col + numpy.matmul; with a CompactWeight only the kept input
-    channels are unfolded and only the kept output channels computed (``expand`` as in
-    dense_gemm: zeros — plus bias — in the dropped output channels, or just the kept ones)."""
+                 return_macs: bool = False, threads: int = 1):
+    """groups=1 convolution as im2col + a GEMM; with a CompactWeight only the kept input
+    channels are unfolded and only the kept output channels computed, on skinny_gemm or
+    numpy.matmul as in dense_gemm (``expand`` as there too: zeros — plus bias — in the dropped
+    output channels, or just the kept ones). A plain weight runs on numpy.matmul."""
+    threads = _check_threads(threads)
     x = _check_x(x)
     st, pd, dl, _ = _check_conv_args(stride, pad, dilation, 1)
     if isinstance(w, CompactWeight):
@@ -199,7 +245,10 @@ def conv2d_dense(x: np.ndarray, w: np.ndarray | CompactWeight, bias: np.ndarray 
         raise ValueError(f"the kernel {ks} does not fit the padded input {h}x{wd}")
     xs = x if in_index.size == c else x[:, in_index]
     cols = im2col(xs, ks, st, pd, dl)
-    ys = np.matmul(weight.reshape(weight.shape[0], -1), cols)
+    if isinstance(w, CompactWeight):
+        ys = _compact_matmul(w, cols, threads)
+    else:
+        ys = np.matmul(weight.reshape(weight.shape[0], -1), cols)
     ys = ys.reshape(-1, n, p, q).transpose(1, 0, 2, 3)
     macs = int(weight.size) * n * p * q
     if expand:

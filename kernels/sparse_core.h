@@ -470,4 +470,236 @@ static int jc_spmm(const jc_sparse *A, const jc_src *src, int64_t M, int64_t K, 
     return failed ? -1 : 0;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * Skinny dense GEMM for channel-pruned layers: Y[M, N] = W[M, K] @ X[K, N] with few rows M.
+ *
+ * Why not BLAS: a BLAS packs X (the large operand) into its own panels first; with few rows of
+ * W there are too few FLOPs per byte of X to hide that extra pass. Here X is read in place in
+ * column strips of JC_SK_W = 64 floats (4 vectors), K-blocked so a strip block (JC_SK_KC rows,
+ * 128 KB) stays in L2 while every register block of rows runs over it; the next block is
+ * prefetched a row at a time, spread over the passes of the current one, so the DRAM stream
+ * overlaps the FMAs. A register block is up to JC_SK_MR = 6 rows x 4 vectors = 24 accumulators
+ * (of the 32 zmm). W is packed once (jc_sk_pack_w) so each block's broadcasts are contiguous.
+ * Column tails: a 16..48-column remainder runs in place on 1..3 vectors; the last < 16 columns
+ * are copied to a zero-padded 16-wide buffer (Y for them goes through a buffer too).
+ * ------------------------------------------------------------------------------------------ */
+#define JC_SK_MR 6
+#define JC_SK_NV 4
+#define JC_SK_W (JC_SK_NV * JC_VW)
+#ifndef JC_SK_KC
+#define JC_SK_KC 128     /* k rows per block: a panel block is 256 KB */
+#endif
+#ifndef JC_SK_NC
+#define JC_SK_NC 512     /* columns per panel: 2 KB contiguous per row of X */
+#endif
+#ifndef JC_SK_PF_HINT
+#define JC_SK_PF_HINT 2  /* prefetcht1: into L2 */
+#endif
+
+/* Row blocks: nb = ceil(M / MR) blocks of near-equal height (every block has >= MR - 1 rows
+ * when M >= MR, so few accumulators sit idle); block b is rows [M b / nb, M (b + 1) / nb). */
+static inline int64_t jc_sk_blocks(int64_t M) { return (M + JC_SK_MR - 1) / JC_SK_MR; }
+static inline int64_t jc_sk_row(int64_t M, int64_t b) { return M * b / jc_sk_blocks(M); }
+
+/* Packed W: block b (rows r0..r1) is stored at Wp + r0 * K as [K][r1 - r0]. */
+static void jc_sk_pack_w(const float *W, ptrdiff_t ldw, int64_t M, int64_t K, float *Wp)
+{
+    const int64_t nb = jc_sk_blocks(M);
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t r0 = jc_sk_row(M, b), mr = jc_sk_row(M, b + 1) - r0;
+        float *dst = Wp + r0 * K;
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t r = 0; r < mr; r++) dst[k * mr + r] = W[(r0 + r) * ldw + k];
+    }
+}
+
+/* Software prefetch of a run of lines of the next X block: `lines` cache lines starting at
+ * line `first` of a block whose rows are `per_row` lines long (row stride ldx floats), one line
+ * every `every` k steps. */
+typedef struct {
+    const char *base;
+    ptrdiff_t row_bytes;
+    int64_t per_row, first, lines, every;
+} jc_sk_pf;
+
+/* One register block: rows of wp ([kc][MR]) times kc rows of an NV-vector strip x (row stride
+ * ldx), added to (or, first, stored into) y (row stride ldy), while issuing the prefetches of
+ * pf. MR, NV are constants after inlining, so acc stays in registers. */
+static inline __attribute__((always_inline)) void
+jc_sk_micro(const float *restrict wp, const float *restrict x, ptrdiff_t ldx, int64_t kc,
+            float *restrict y, ptrdiff_t ldy, int first, const jc_sk_pf *pf, const int MR,
+            const int NV)
+{
+    jc_v16 acc[JC_SK_MR][JC_SK_NV];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            acc[r][v] = first ? (jc_v16){0} : *(const jc_v16u *)(y + r * ldy + v * JC_VW);
+    int64_t left = pf->lines, countdown = 0, col = 0;
+    const char *line = NULL;
+    if (left > 0) {
+        col = pf->first % pf->per_row;
+        line = pf->base + (pf->first / pf->per_row) * pf->row_bytes + col * 64;
+    }
+    for (int64_t k = 0; k < kc; k++) {
+        if (left > 0 && --countdown <= 0) {
+            __builtin_prefetch(line, 0, JC_SK_PF_HINT);
+            left--;
+            countdown = pf->every;
+            if (++col == pf->per_row) {
+                col = 0;
+                line += pf->row_bytes - (pf->per_row - 1) * 64;
+            } else {
+                line += 64;
+            }
+        }
+        jc_v16 xv[JC_SK_NV];
+        for (int v = 0; v < NV; v++) xv[v] = *(const jc_v16u *)(x + k * ldx + v * JC_VW);
+        for (int r = 0; r < MR; r++) {
+            const float w = wp[k * MR + r];
+            for (int v = 0; v < NV; v++) acc[r][v] += w * xv[v];
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) *(jc_v16u *)(y + r * ldy + v * JC_VW) = acc[r][v];
+}
+
+#define JC_SK_CASE_NV(MR)                                                        \
+    switch (nv) {                                                                \
+    case 1: jc_sk_micro(wp, x, ldx, kc, y, ldy, first, pf, MR, 1); break;        \
+    case 2: jc_sk_micro(wp, x, ldx, kc, y, ldy, first, pf, MR, 2); break;        \
+    case 3: jc_sk_micro(wp, x, ldx, kc, y, ldy, first, pf, MR, 3); break;        \
+    default: jc_sk_micro(wp, x, ldx, kc, y, ldy, first, pf, MR, 4); break;       \
+    }
+
+static void jc_sk_block(const float *wp, const float *x, ptrdiff_t ldx, int64_t kc, float *y,
+                        ptrdiff_t ldy, int first, const jc_sk_pf *pf, int64_t mr, int nv)
+{
+    switch (mr) {
+    case 1: JC_SK_CASE_NV(1) break;
+    case 2: JC_SK_CASE_NV(2) break;
+    case 3: JC_SK_CASE_NV(3) break;
+    case 4: JC_SK_CASE_NV(4) break;
+    case 5: JC_SK_CASE_NV(5) break;
+    default: JC_SK_CASE_NV(6) break;
+    }
+}
+
+/* Row blocks [b0, b1) over one column panel: x = the panel's first column of X (row stride
+ * ldx), width w (a multiple of 16, at most JC_SK_NC), y = Y at the same column (row stride ldy,
+ * row 0 = row 0 of Y). Per K block the panel's strips each run every row block; the next K
+ * block of the panel (or, for the last one, the first block of the panel at next_x, next_w
+ * columns wide, if next_x is not NULL) is prefetched, spread evenly over those calls. */
+static void jc_sk_panel(const float *Wp, int64_t M, int64_t K, int64_t b0, int64_t b1,
+                        const float *x, ptrdiff_t ldx, int64_t w, float *y, ptrdiff_t ldy,
+                        const float *next_x, int64_t next_w)
+{
+    const int64_t strips = (w + JC_SK_W - 1) / JC_SK_W;
+    const int64_t calls = strips * (b1 - b0);
+    for (int64_t k0 = 0; k0 < K; k0 += JC_SK_KC) {
+        const int64_t kc = K - k0 < JC_SK_KC ? K - k0 : JC_SK_KC;
+        jc_sk_pf pf = {NULL, ldx * (ptrdiff_t)sizeof(float), 0, 0, 0, 1};
+        int64_t total = 0;
+        if (k0 + kc < K) {
+            const int64_t rows = K - k0 - kc < JC_SK_KC ? K - k0 - kc : JC_SK_KC;
+            pf.base = (const char *)(x + (k0 + kc) * ldx);
+            pf.per_row = (w * 4 + 63) / 64;
+            total = rows * pf.per_row;
+        } else if (next_x != NULL) {
+            const int64_t rows = K < JC_SK_KC ? K : JC_SK_KC;
+            pf.base = (const char *)next_x;
+            pf.per_row = (next_w * 4 + 63) / 64;
+            total = rows * pf.per_row;
+        }
+        const int64_t per_call = (total + calls - 1) / calls;
+        pf.every = per_call > 0 ? (kc > per_call ? kc / per_call : 1) : kc;
+        int64_t c = 0;
+        for (int64_t s = 0; s < strips; s++) {
+            const int64_t j = s * JC_SK_W;
+            const int nv = (int)((w - j < JC_SK_W ? w - j : JC_SK_W) / JC_VW);
+            for (int64_t b = b0; b < b1; b++, c++) {
+                const int64_t r0 = jc_sk_row(M, b), mr = jc_sk_row(M, b + 1) - r0;
+                pf.first = c * per_call;
+                pf.lines = total - pf.first < per_call ? total - pf.first : per_call;
+                if (pf.lines < 0) pf.lines = 0;
+                jc_sk_block(Wp + r0 * K + k0 * mr, x + k0 * ldx + j, ldx, kc, y + r0 * ldy + j, ldy,
+                            k0 == 0, &pf, mr, nv);
+            }
+        }
+    }
+}
+
+/* Row blocks [b0, b1) over columns [c0, c1) of X (multiples of 16), in panels of JC_SK_NC;
+ * each panel's last K block prefetches the first block of the next panel. */
+static void jc_sk_range(const float *Wp, int64_t M, int64_t K, int64_t b0, int64_t b1,
+                        const float *X, ptrdiff_t ldx, int64_t c0, int64_t c1, float *Y,
+                        ptrdiff_t ldy)
+{
+    for (int64_t j0 = c0; j0 < c1; j0 += JC_SK_NC) {
+        const int64_t w = c1 - j0 < JC_SK_NC ? c1 - j0 : JC_SK_NC, nj = j0 + w;
+        const int64_t next_w = c1 - nj < JC_SK_NC ? c1 - nj : JC_SK_NC;
+        jc_sk_panel(Wp, M, K, b0, b1, X + j0, ldx, w, Y + j0, ldy, next_w > 0 ? X + nj : NULL,
+                    next_w);
+    }
+}
+
+/* The last n - n16 < 16 columns, rows of blocks [b0, b1): copied into a zero-padded 16-wide
+ * buffer, multiplied into a 16-wide Y buffer, then the real columns stored. -1: no memory. */
+static int jc_sk_tail(const float *Wp, int64_t M, int64_t K, int64_t b0, int64_t b1,
+                      const float *X, ptrdiff_t ldx, int64_t n16, int64_t tail, float *Y,
+                      ptrdiff_t ldy)
+{
+    float *xt = aligned_alloc(64, (size_t)K * JC_VW * sizeof(float));
+    float *yt = aligned_alloc(64, (size_t)M * JC_VW * sizeof(float));
+    if (xt == NULL || yt == NULL) {
+        free(xt);
+        free(yt);
+        return -1;
+    }
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t j = 0; j < JC_VW; j++) xt[k * JC_VW + j] = j < tail ? X[k * ldx + n16 + j] : 0.0f;
+    jc_sk_panel(Wp, M, K, b0, b1, xt, JC_VW, JC_VW, yt, JC_VW, NULL, 0);
+    for (int64_t r = jc_sk_row(M, b0); r < jc_sk_row(M, b1); r++)
+        memcpy(Y + r * ldy + n16, yt + r * JC_VW, (size_t)tail * sizeof(float));
+    free(xt);
+    free(yt);
+    return 0;
+}
+
+/* Y[M, N] (row stride ldy) = W @ X, W packed by jc_sk_pack_w, X[K, N] with row stride ldx and
+ * contiguous rows; K >= 1. Columns [0, n16) (N rounded down to 16) are read in place; the last
+ * < 16 go through jc_sk_tail. Each thread takes one contiguous share: of the columns (each
+ * then reads all of W and its part of X) or, when W has more rows than X has columns, of the
+ * row blocks (each reads its part of W and all of X). Returns 0, or -1 if out of memory. */
+static int jc_skinny(const float *Wp, int64_t M, int64_t K, const float *X, ptrdiff_t ldx,
+                     int64_t N, float *Y, ptrdiff_t ldy, int threads)
+{
+    if (M == 0 || N == 0) return 0;
+    const int64_t n16 = N / JC_VW * JC_VW, tail = N - n16, units = n16 / JC_VW;
+    const int64_t nb = jc_sk_blocks(M);
+    if (threads < 1) threads = 1;
+    const int split_rows = M > N;
+    const int64_t parts = split_rows ? nb : (units > 0 ? units : 1);
+    if (threads > parts) threads = (int)parts;
+    int failed = 0;
+
+    #pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int t = 0; t < threads; t++) {
+        int64_t b0 = 0, b1 = nb, c0 = 0, c1 = n16;
+        if (split_rows) {
+            b0 = nb * t / threads;
+            b1 = nb * (t + 1) / threads;
+        } else {
+            c0 = units * t / threads * JC_VW;
+            c1 = units * (t + 1) / threads * JC_VW;
+        }
+        jc_sk_range(Wp, M, K, b0, b1, X, ldx, c0, c1, Y, ldy);
+        if (tail > 0 && (split_rows || t == threads - 1) &&
+            jc_sk_tail(Wp, M, K, b0, b1, X, ldx, n16, tail, Y, ldy) != 0) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+    }
+    return failed ? -1 : 0;
+}
+
 #endif /* JOULECUT_SPARSE_CORE_H */

@@ -1,5 +1,6 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
-"""Sparse weight x dense activation products on packed column panels (C core in sparse_core.h).
+"""Sparse weight x dense activation products on packed column panels, and the skinny dense GEMM
+of channel-pruned layers (C core in sparse_core.h).
 
 All checks happen here, in Python, before the C loop runs; the containers in ``formats`` are
 validated at construction and hold read-only arrays.
@@ -34,6 +35,10 @@ cdef extern from "sparse_core.h" nogil:
     int jc_spmm(const jc_sparse *A, const jc_src *src, int64_t M, int64_t K, int64_t kpad,
                 int64_t N, void *Y, Py_ssize_t ldy, int threads)
     int JC_PW
+    int JC_SK_MR, JC_SK_W, JC_SK_KC
+    void jc_sk_pack_w(const float *W, Py_ssize_t ldw, int64_t M, int64_t K, float *Wp)
+    int jc_skinny(const float *Wp, int64_t M, int64_t K, const float *X, Py_ssize_t ldx,
+                  int64_t N, float *Y, Py_ssize_t ldy, int threads)
 
 PANEL_WIDTH = JC_PW
 MAX_THREADS = 256  # each thread holds a K x 64 panel buffer
@@ -210,4 +215,82 @@ def spmm_im2col(W, x, kernel_size, stride, pad, dilation, out=None, threads=1):
     src.stride_h, src.stride_w, src.pad_h, src.pad_w, src.dil_h, src.dil_w = sh, sw, ph, pw, dh, dw
     src.sN, src.sC, src.sH, src.sW = (s // 4 for s in x.strides)
     _run(W, &src, cols, Y, nthreads)
+    return Y
+
+
+# ---------------------------------------------------------------------------------------------
+# Skinny dense GEMM (channel-pruned layers): few rows of W against a large X read in place.
+
+SKINNY_STRIP = JC_SK_W       # columns of X per strip
+SKINNY_ROW_BLOCK = JC_SK_MR  # most rows per register block
+
+
+class SkinnyWeight:
+    """A dense float32 W[M, K] packed once for ``skinny_gemm`` (rows grouped into register
+    blocks, each block stored k-major so its broadcasts are contiguous). Read-only."""
+
+    __slots__ = ("shape", "packed")
+
+    def __init__(self, W):
+        if not isinstance(W, np.ndarray):
+            raise TypeError(f"W must be a numpy.ndarray, got {type(W).__name__}")
+        if W.dtype != np.float32:
+            raise TypeError(f"W must have dtype float32, got {W.dtype}")
+        if W.ndim != 2:
+            raise ValueError(f"W must be 2-D [M, K], got shape {W.shape}")
+        cdef cnp.ndarray w = np.ascontiguousarray(W)
+        cdef int64_t M = w.shape[0], K = w.shape[1]
+        cdef cnp.ndarray packed = np.empty(M * K, dtype=np.float32)
+        cdef const float *src = <const float *>cnp.PyArray_DATA(w)
+        cdef float *dst = <float *>cnp.PyArray_DATA(packed)
+        with nogil:
+            jc_sk_pack_w(src, K, M, K, dst)
+        packed.setflags(write=False)
+        self.shape = (int(M), int(K))
+        self.packed = packed
+
+
+def skinny_gemm(W, X, out=None, threads=1):
+    """Y[M, N] = W @ X, float32, for a SkinnyWeight W[M, K] and a dense X[K, N].
+
+    Meant for few rows (M up to ~100; see conv.SKINNY_MAX_ROWS): X is read in place, in
+    64-column strips, with no packing pass. X must be float32 with K rows; a view whose rows are
+    not contiguous is copied first. ``out`` as in spmm. ``threads``: OpenMP threads over
+    (strip, row-block) work items."""
+    if not isinstance(W, SkinnyWeight):
+        raise TypeError(f"W must be a SkinnyWeight, got {type(W).__name__}")
+    cdef int nthreads = _check_threads(threads)
+    if not isinstance(X, np.ndarray):
+        raise TypeError(f"X must be a numpy.ndarray, got {type(X).__name__}")
+    if X.dtype != np.float32:
+        raise TypeError(f"X must have dtype float32, got {X.dtype}")
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D [K, N], got shape {X.shape}")
+    cdef Py_ssize_t M = W.shape[0], K = W.shape[1], N = X.shape[1]
+    if X.shape[0] != K:
+        raise ValueError(f"shape mismatch: W is {W.shape} but X is {X.shape} (X must have {K} rows)")
+    cdef cnp.ndarray packed = W.packed
+    if packed.dtype != np.float32 or packed.size != M * K or not packed.flags.c_contiguous:
+        raise ValueError("W's packed array is inconsistent; build it again with SkinnyWeight")
+    # the kernel reads whole rows of X at a positive row stride
+    if K > 1 and (X.strides[1] != 4 or X.strides[0] < 4 * N or X.strides[0] % 4):
+        X = np.ascontiguousarray(X)
+    elif K <= 1 or N <= 1:
+        X = np.ascontiguousarray(X)
+    Y = _prepare_out(out, M, N, (X,))
+    if M == 0 or N == 0:
+        return Y
+    if K == 0:
+        Y.fill(0.0)
+        return Y
+    cdef const float *wp = <const float *>cnp.PyArray_DATA(packed)
+    cdef const float *x = <const float *>cnp.PyArray_DATA(<cnp.ndarray>X)
+    cdef float *y = <float *>cnp.PyArray_DATA(<cnp.ndarray>Y)
+    cdef Py_ssize_t ldx = X.strides[0] // 4 if K > 1 else N
+    cdef Py_ssize_t ldy = Y.strides[0] // 4 if M > 1 else N
+    cdef int rc
+    with nogil:
+        rc = jc_skinny(wp, M, K, x, ldx, N, y, ldy, nthreads)
+    if rc != 0:
+        raise MemoryError("could not allocate the tail-strip buffers")
     return Y
