@@ -77,7 +77,8 @@ def _dataflows(spec: HardwareSpec, dataflow: Dataflow | str | None) -> tuple[Dat
     return (wanted,)
 
 
-def _mac_layer(layer: Layer, spec: HardwareSpec, dataflows: tuple[Dataflow, ...], objective: str) -> LayerEnergy:
+def _mac_layer(layer: Layer, spec: HardwareSpec, dataflows: tuple[Dataflow, ...], objective: str,
+               like: Layer | None = None) -> LayerEnergy:
     best: tuple[float, HardwareContext, BatchCost, int, Mapping] | None = None
     for df in dataflows:
         hw = hardware_context(spec, df)
@@ -86,7 +87,7 @@ def _mac_layer(layer: Layer, spec: HardwareSpec, dataflows: tuple[Dataflow, ...]
             spec.mac_energy_pj(max(ctx.bits_of(Operand.WEIGHTS), ctx.bits_of(Operand.INPUTS)))
         except ValueError as e:
             raise ModelError(str(e), node=layer.name) from None
-        pool = search_pool(ctx, hw, objective)
+        pool = search_pool(ctx, hw, objective, like=None if like is None else layer_context(like, hw))
         if len(pool) == 0:
             continue
         index, cost = best_in(pool, ctx, hw, objective)
@@ -233,8 +234,11 @@ def _vector_layer(layer: Layer, spec: HardwareSpec, fused: bool) -> LayerEnergy:
 
 
 def estimate_layer(layer: Layer, spec: HardwareSpec, *, dataflow: Dataflow | str | None = None,
-                   objective: str = "energy", fused: bool = False) -> LayerEnergy:
-    """The energy of one layer (MAC layers: best mapping over the allowed dataflows)."""
+                   objective: str = "energy", fused: bool = False, like: Layer | None = None) -> LayerEnergy:
+    """The energy of one layer (MAC layers: best mapping over the allowed dataflows).
+
+    ``like``: the same layer with other loop bounds (e.g. before channel pruning), whose
+    mappings warm-start the search of this one (energy.mapper); a plain Conv/Gemm only."""
     if objective not in ("energy", "edp"):
         raise OptionError(f"objective must be 'energy' or 'edp', got {objective!r}")
     if not layer.is_mac:
@@ -244,6 +248,8 @@ def estimate_layer(layer: Layer, spec: HardwareSpec, *, dataflow: Dataflow | str
     def dataflow_model(plain: Layer) -> LayerEnergy:
         return _mac_layer(plain, spec, dataflows, objective)
 
+    if like is not None and like.op is layer.op and layer.op not in (OpKind.REUSE, OpKind.HASHED):
+        return _mac_layer(layer, spec, dataflows, objective, like)
     if layer.op is OpKind.REUSE:
         return reuse_layer_energy(layer, spec, dataflow_model)
     if layer.op is OpKind.HASHED:

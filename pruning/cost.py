@@ -6,8 +6,10 @@ so each layer's energy depends only on the layer itself: with the default estima
 energies are memoised per (frozen, hashable) Layer via ``energy.estimate_layer`` and a
 proposal only pays for the layers it changed. The memo is checked once against a full
 ``energy.estimate`` of the base graph; on any mismatch every proposal is estimated in full.
-A changed layer is searched only in the dataflow its unpruned version chose; that can only
-over-estimate a proposal, and ``exact_pj`` gives the full estimate the final result reports.
+A changed layer is searched only in the dataflow its unpruned version chose, and a layer with
+new channel counts is warm-started from its unpruned version's mappings (energy.mapper); both
+can only over-estimate a proposal, and ``exact_pj`` gives the full estimate the final result
+reports.
 """
 from __future__ import annotations
 
@@ -80,11 +82,13 @@ class EnergyModel:
             from energy import estimate_layer
 
             # A pruned layer is searched only in the dataflow its unpruned version chose (a third of
-            # the work on a 3-dataflow spec). That can only over-estimate a proposal; the result's
-            # final energies come from full estimates (exact_pj), so a met budget stays met.
+            # the work on a 3-dataflow spec), starting from that version's mappings. That can only
+            # over-estimate a proposal; the result's final energies come from full estimates
+            # (exact_pj), so a met budget stays met.
             fused = False if layer.is_mac else self._fused[layer.name]
             dataflow = self._dataflow.get(layer.name) if layer.is_mac else None
-            self._layer_pj[layer] = float(estimate_layer(layer, self.spec, fused=fused, dataflow=dataflow).energy_pj)
+            like = self.graph[layer.name] if layer.is_mac and layer.name in self.graph else None
+            self._layer_pj[layer] = float(estimate_layer(layer, self.spec, fused=fused, dataflow=dataflow, like=like).energy_pj)
         return self._layer_pj[layer]
 
     def per_layer_pj(self, graph: Graph) -> dict[str, float]:

@@ -10,6 +10,12 @@ channel k on the same data. Pruned weights stay exactly zero. The solve uses the
 equations on a float64 Gram matrix with a tiny ridge (1e-10 of its mean diagonal) so that
 rank-deficient inputs (dead ReLUs) stay well defined; with fewer than two rows per feature the
 ridge is 1e-2 of the mean diagonal instead (few calibration samples for a wide Linear layer).
+
+A conv's im2col has far more rows than the fit needs (1024 digits give 65,536 rows for 145
+unknowns), and the float64 Gram matrix costs rows x features^2: rows beyond
+``ROWS_PER_UNKNOWN`` per unknown (and at least ``MIN_ROWS``) are a fixed random subset.
+Output channels that keep the same support (all of them after channel pruning) share one solve
+with many right-hand sides; channels with supports of equal size are solved as one batch.
 """
 from __future__ import annotations
 
@@ -18,6 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 _ROWS_PER_CHUNK = 65536
+ROWS_PER_UNKNOWN = 32  # the fit's error barely moves beyond this; the Gram matrix's cost grows with it
+MIN_ROWS = 4096
+_BATCH_BYTES = 1 << 28  # at most 256 MB of stacked per-channel systems per batched solve
 
 
 def patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -39,6 +48,46 @@ def _targets(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
     return y.reshape(-1, y.shape[-1])
 
 
+def _row_subset(n_rows: int, n_unknowns: int) -> torch.Tensor | None:
+    """Indices of the rows to fit on (a seeded random subset, sorted), or None for all."""
+    cap = max(MIN_ROWS, ROWS_PER_UNKNOWN * n_unknowns)
+    if n_rows <= cap:
+        return None
+    generator = torch.Generator().manual_seed(0)
+    return torch.sort(torch.randperm(n_rows, generator=generator)[:cap]).values
+
+
+def _solve_channels(gram: torch.Tensor, rhs: torch.Tensor, supports: list[torch.Tensor], ridge: float) -> list[torch.Tensor]:
+    """Per column j of ``rhs``: argmin over x on ``supports[j]`` of the normal equations
+    (gram + ridge I) x = rhs[:, j]. Identical supports share one solve; supports of one size
+    are solved as a batch."""
+    out: list[torch.Tensor | None] = [None] * len(supports)
+    by_size: dict[int, list[int]] = {}
+    for j, support in enumerate(supports):
+        if len(support):
+            by_size.setdefault(len(support), []).append(j)
+        else:
+            out[j] = support.to(torch.float64)
+    for size, cols in by_size.items():
+        eye = ridge * torch.eye(size, dtype=torch.float64)
+        first = supports[cols[0]]
+        if all(torch.equal(supports[j], first) for j in cols[1:]):
+            sol = torch.linalg.solve(gram[first][:, first] + eye, rhs[first][:, cols])
+            for i, j in enumerate(cols):
+                out[j] = sol[:, i]
+            continue
+        per_batch = max(1, _BATCH_BYTES // (8 * size * size))
+        for start in range(0, len(cols), per_batch):
+            chunk = cols[start:start + per_batch]
+            idx = torch.stack([supports[j] for j in chunk])  # (n, size)
+            A = gram[idx[:, :, None], idx[:, None, :]] + eye
+            b = rhs[idx, torch.tensor(chunk)[:, None]]
+            sol = torch.linalg.solve(A, b.unsqueeze(-1)).squeeze(-1)
+            for i, j in enumerate(chunk):
+                out[j] = sol[i]
+    return out
+
+
 def restore_layer(
     layer: nn.Module,
     inputs: torch.Tensor,
@@ -48,7 +97,7 @@ def restore_layer(
     """Refit ``layer``'s kept weights (and bias) in place so its output on ``inputs`` is as close
     as possible, in least squares, to ``target`` (the original layer's output on the same
     data). ``mask`` (bool, weight's shape) is the kept support; None keeps every weight.
-    Returns the mean squared output error after the fit."""
+    Returns the mean squared output error after the fit (on all of ``inputs``)."""
     weight = layer.weight
     out_channels = weight.shape[0]
     mask2d = (torch.ones_like(weight, dtype=torch.bool) if mask is None else mask.to(torch.bool)).reshape(out_channels, -1)
@@ -57,14 +106,19 @@ def restore_layer(
     groups = getattr(layer, "groups", 1)
     has_bias = layer.bias is not None
     with torch.no_grad():
-        X = patches(layer, inputs.detach()).double()
-        Y = _targets(layer, target.detach()).double()
+        X = patches(layer, inputs.detach())
+        Y = _targets(layer, target.detach())
         if X.shape[0] != Y.shape[0]:
             raise ValueError(f"inputs give {X.shape[0]} rows but target {Y.shape[0]}: they must come from the same samples")
         per_group_in = X.shape[1] // groups
         per_group_out = out_channels // groups
+        rows = _row_subset(X.shape[0], per_group_in + int(has_bias))
+        if rows is not None:
+            X, Y = X[rows], Y[rows]
+        X, Y = X.double(), Y.double()
         w2d = weight.detach().reshape(out_channels, -1).double().clone()
         bias = layer.bias.detach().double().clone() if has_bias else None
+        bias_column = torch.tensor([per_group_in])
         for g in range(groups):
             Xg = X[:, g * per_group_in:(g + 1) * per_group_in]
             if has_bias:
@@ -80,15 +134,13 @@ def restore_layer(
             # features (a Linear layer fitted on a small calibration set would otherwise overfit)
             scale = 1e-10 if Xg.shape[0] >= 2 * Xg.shape[1] else 1e-2
             ridge = scale * float(gram.diagonal().mean().clamp_min(1e-30))
-            for j in range(per_group_out):
-                k = g * per_group_out + j
-                support = torch.nonzero(mask2d[k]).reshape(-1)
-                if has_bias:
-                    support = torch.cat([support, torch.tensor([per_group_in])])
+            channels = range(g * per_group_out, (g + 1) * per_group_out)
+            supports = [torch.nonzero(mask2d[k]).reshape(-1) for k in channels]
+            if has_bias:
+                supports = [torch.cat([s, bias_column]) for s in supports]
+            for k, support, sol in zip(channels, supports, _solve_channels(gram, rhs, supports, ridge)):
                 row = torch.zeros(w2d.shape[1] + 1, dtype=torch.float64)
-                if len(support):
-                    A = gram[support][:, support] + ridge * torch.eye(len(support), dtype=torch.float64)
-                    row[support] = torch.linalg.solve(A, rhs[support, j])
+                row[support] = sol
                 w2d[k] = row[:-1]
                 if has_bias:
                     bias[k] = row[per_group_in]

@@ -84,16 +84,30 @@ def levels_below(units: Units, state: PruneState, unit, grid: int = 40) -> list[
 def _largest_meeting(ctx: Context, state: PruneState, unit, goal: float) -> float | None:
     """The highest level of ``unit`` alone whose estimated model energy is <= ``goal``."""
     levels = levels_below(ctx.units, state, unit)
-    if not levels or ctx.energy(state, {unit: levels[-1]}) > goal:
+    if not levels:
         return None
-    lo, hi = 0, len(levels) - 1  # levels[hi] meets the goal; find the smallest index that does
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if ctx.energy(state, {unit: levels[mid]}) <= goal:
-            hi = mid
+    e_hi = ctx.energy(state, {unit: levels[-1]})
+    if e_hi > goal:
+        return None
+    # Energy falls about linearly with a unit's level, so guess the crossing by interpolation
+    # (each probe is a mapping search); bisect whenever a guess fails to halve the bracket, so
+    # the worst case stays logarithmic. Invariant: index lo misses the goal (-1: the current
+    # level), index hi meets it.
+    lo, hi, e_lo = -1, len(levels) - 1, ctx.energy(state)
+    bisect = False
+    while hi - lo > 1:
+        if bisect or e_lo <= e_hi:
+            probe = (lo + hi) // 2
         else:
-            lo = mid + 1
-    return levels[lo]
+            probe = min(hi - 1, max(lo + 1, lo + round((e_lo - goal) / (e_lo - e_hi) * (hi - lo))))
+        width = hi - lo
+        energy = ctx.energy(state, {unit: levels[probe]})
+        if energy <= goal:
+            hi, e_hi = probe, energy
+        else:
+            lo, e_lo = probe, energy
+        bisect = not bisect and (hi - lo) * 2 > width
+    return levels[hi]
 
 
 # --- magnitude baseline -----------------------------------------------------------------------

@@ -117,3 +117,37 @@ def test_bad_inputs():
     layer = nn.Linear(4, 2)
     with pytest.raises(ValueError, match="same samples"):
         restore_layer(layer, torch.randn(5, 4), torch.randn(6, 2))
+
+
+def test_shared_support_is_one_solve_and_matches_numpy():
+    """No mask (every channel keeps every weight, as after channel pruning): same as lstsq."""
+    torch.manual_seed(5)
+    layer = nn.Linear(7, 4)
+    x = torch.randn(60, 7)
+    y = torch.randn(60, 4)
+    restore_layer(layer, x, y)
+    W, b = _reference_rows(x.double().numpy(), y.double().numpy(), np.ones((4, 7), bool), bias=True)
+    np.testing.assert_allclose(layer.weight.detach().numpy(), W, atol=1e-5)
+    np.testing.assert_allclose(layer.bias.detach().numpy(), b, atol=1e-5)
+
+
+def test_many_rows_fit_on_the_seeded_subset():
+    """Rows beyond the cap: the fit is lstsq on exactly the documented random subset, and a
+    noise-free target is still recovered exactly."""
+    from pruning import lsq
+
+    torch.manual_seed(6)
+    n = 3 * lsq.MIN_ROWS
+    x = torch.randn(n, 5)
+    y = torch.randn(n, 2)
+    rows = lsq._row_subset(n, 6)
+    assert rows is not None and len(rows) == lsq.MIN_ROWS and len(set(rows.tolist())) == lsq.MIN_ROWS
+    layer = nn.Linear(5, 2)
+    restore_layer(layer, x, y)
+    W, b = _reference_rows(x[rows].double().numpy(), y[rows].double().numpy(), np.ones((2, 5), bool), bias=True)
+    np.testing.assert_allclose(layer.weight.detach().numpy(), W, atol=1e-5)
+    np.testing.assert_allclose(layer.bias.detach().numpy(), b, atol=1e-5)
+    original = nn.Linear(5, 2)
+    restore_layer(layer, x, original(x).detach())
+    np.testing.assert_allclose(layer.weight.detach().numpy(), original.weight.detach().numpy(), atol=1e-5)
+    assert lsq._row_subset(lsq.MIN_ROWS, 6) is None
