@@ -13,6 +13,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +134,32 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+CODE_PACKAGES = ("energy", "hwspecs", "pruning", "kernels", "sweep")
+_CODE_SUFFIXES = (".py", ".pyx", ".h", ".yaml")
+
+
+@lru_cache(maxsize=1)
+def code_digest() -> str:
+    """A hash of joulecut's own source (the packages a cell runs, built-in specs included), so
+    that a stored cell is recomputed after the code that produced it changed."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for package in CODE_PACKAGES:
+        for path in sorted((root / package).rglob("*")):
+            if path.suffix in _CODE_SUFFIXES and path.is_file():
+                h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def fingerprint(cell: Cell, digests: dict[str, str], prune_options, validate: bool) -> str:
     """A hash of everything that decides a cell's result (its key, seed, the input files'
-    contents, the options); a stored result is reused only if this matches. A dense cell
-    neither prunes nor compares torch with onnxruntime, so those options do not enter it."""
+    contents, the options, joulecut's own code); a stored result is reused only if this
+    matches. A dense cell neither prunes nor compares torch with onnxruntime, so those options
+    do not enter it."""
     if cell.is_dense:
         prune_options, validate = (), False
     payload = json.dumps({"cell": asdict(cell), "files": digests, "prune": [list(kv) for kv in prune_options],
-                          "validate": validate}, sort_keys=True, default=str)
+                          "validate": validate, "code": code_digest()}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

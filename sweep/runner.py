@@ -2,7 +2,7 @@
 
 Each finished cell is written atomically to ``<output>/cells/<slug>.json`` as it finishes; a
 re-run with ``resume=True`` reuses every stored cell whose fingerprint (key, seed, input file
-contents, options) still matches and computes only the rest. A failed cell is stored and
+contents, options, joulecut's own source code) still matches and computes only the rest. A failed cell is stored and
 reported, the others go on; failed cells are computed again on resume.
 """
 from __future__ import annotations

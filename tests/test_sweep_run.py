@@ -259,6 +259,44 @@ def test_changed_options_recompute_only_affected_cells(setup: Path):
     assert second.reused == tuple(r.key for r in first.results if r.method == "dense")
 
 
+def test_changed_code_recomputes_every_cell(setup: Path, monkeypatch):
+    import sweep.cells
+
+    out = setup / "code"
+    first = run_sweep(setup / "sweep.yaml", out, jobs=1, progress=False, cell_fn=_fake_cell, report=False)
+    again = run_sweep(setup / "sweep.yaml", out, jobs=1, progress=False, cell_fn=_fake_cell, report=False, resume=True)
+    assert again.computed == () and len(again.reused) == 6
+    monkeypatch.setattr(sweep.cells, "code_digest", lambda: "another version")
+    changed = run_sweep(setup / "sweep.yaml", out, jobs=1, progress=False, cell_fn=_fake_cell, report=False, resume=True)
+    assert changed.computed == tuple(r.key for r in first.results) and changed.reused == ()
+
+
+def test_code_digest_follows_the_source(tmp_path: Path, monkeypatch):
+    import sweep.cells
+
+    digest = sweep.cells.code_digest()
+    assert digest == sweep.cells.code_digest() and len(digest) == 16
+    for package in sweep.cells.CODE_PACKAGES:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "a.py").write_text("x = 1\n")
+    (tmp_path / "sweep" / "cells.py").write_text("")
+    monkeypatch.setattr(sweep.cells, "__file__", str(tmp_path / "sweep" / "cells.py"))
+    sweep.cells.code_digest.cache_clear()
+    try:
+        before = sweep.cells.code_digest()
+        sweep.cells.code_digest.cache_clear()
+        (tmp_path / "energy" / "a.py").write_text("x = 2\n")
+        assert sweep.cells.code_digest() != before
+        sweep.cells.code_digest.cache_clear()
+        (tmp_path / "energy" / "notes.txt").write_text("not code")
+        (tmp_path / "energy" / "a.py").write_text("x = 1\n")
+        assert sweep.cells.code_digest() == before
+    finally:
+        monkeypatch.undo()
+        sweep.cells.code_digest.cache_clear()
+    assert sweep.cells.code_digest() == digest
+
+
 def test_a_raising_cell_function_fails_only_its_cell(setup: Path):
     def flaky(job):
         if job.cell.device == "mobile-cpu":
