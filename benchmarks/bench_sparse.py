@@ -10,8 +10,15 @@ Speed-up = dense time / variant time. Variants:
   csr      unstructured random mask, CSRMatrix, kernels.spmm
   bsr4x1   random 4x1 blocks kept, BSRMatrix(block=(4, 1))
   bsr4x4   random 4x4 blocks kept, BSRMatrix(block=(4, 4))
-  channel  output channels pruned: dense_gemm on the kept rows (numpy.matmul, BLAS threads set
-           with threadpoolctl); "eff" = speed-up / (M / kept rows), 1.0 = the FLOP ideal.
+  channel  output channels pruned (the target figure): dense_gemm on the kept rows of a
+           CompactWeight — skinny_gemm where kernels.conv.use_skinny picks it, else numpy.matmul;
+           "eff" = speed-up / (M / kept rows), 1.0 = the FLOP ideal.
+  channel_blas  the same kept rows on numpy.matmul (OpenBLAS, threads set with threadpoolctl):
+           what dense_gemm ran before skinny_gemm, for comparison.
+  channel_io  informative only: output AND input channels pruned, sqrt(1 - s) of each kept (the
+           weight density is 1 - s, as in a network where every layer is channel-pruned, so X
+           arrives with only the kept channels); eff = speed-up * density.
+Timing: benchmarks/timing.interleaved_medians (every variant in turn in each round).
 """
 from __future__ import annotations
 
@@ -19,10 +26,8 @@ import argparse
 import datetime as dt
 import os
 import platform
-import statistics
+import math
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +35,16 @@ import torch
 
 from kernels import BSRMatrix, CSRMatrix, compact_channels, conv2d_sparse, dense_gemm, spmm
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import update_section  # noqa: E402
+from timing import interleaved_medians  # noqa: E402
+
 try:
     from threadpoolctl import threadpool_limits
 except ImportError:  # the channel figures then use NumPy's default BLAS threads
     threadpool_limits = None
 
-SHAPES = [  # name, M, K, N
+SHAPES = [  # name, M, K, N (a 3x3 conv's K is 9 columns per input channel)
     ("3x3 conv 512ch 56x56", 512, 4608, 3136),
     ("1x1 conv 512ch 56x56", 512, 512, 3136),
     ("FC 4096, batch 64", 4096, 4096, 64),
@@ -43,7 +52,7 @@ SHAPES = [  # name, M, K, N
     ("3x3 conv 256ch 14x14", 256, 2304, 196),
 ]
 SPARSITIES = [0.5, 0.8, 0.9, 0.95, 0.99]
-VARIANTS = ["csr", "bsr4x1", "bsr4x4", "channel"]
+VARIANTS = ["csr", "bsr4x1", "bsr4x4", "channel", "channel_blas", "channel_io"]
 # Targets on the 3x3 shape, one thread (speed-up over dense; channel: fraction of the FLOP ideal).
 TARGETS = {("csr", 0.9): 2.5, ("csr", 0.95): 4.5, ("bsr4x4", 0.9): 4.5, ("bsr4x4", 0.95): 7.0}
 CHANNEL_TARGET = 0.9
@@ -58,7 +67,12 @@ def block_mask(rng: np.random.Generator, m: int, k: int, block: tuple[int, int],
     return np.repeat(np.repeat(keep, br, 0), bc, 1)[:m, :k]
 
 
-def build_variants(rng: np.random.Generator, w: np.ndarray, sparsity: float) -> dict:
+def taps(shape) -> int:
+    """Columns of K per input channel: 9 for the 3x3 convolutions, else 1."""
+    return 9 if shape[0].startswith("3x3") else 1
+
+
+def build_variants(rng: np.random.Generator, w: np.ndarray, sparsity: float, tap: int) -> dict:
     m, k = w.shape
     variants = {
         "csr": CSRMatrix.from_dense(w * (rng.random((m, k)) >= sparsity)),
@@ -69,19 +83,14 @@ def build_variants(rng: np.random.Generator, w: np.ndarray, sparsity: float) -> 
     pruned = w.copy()
     pruned[np.sort(rng.choice(m, m - kept, replace=False))] = 0.0
     variants["channel"] = compact_channels(pruned)
+    # in + out: keep sqrt(1 - s) of the output rows and of the input channels (all their taps)
+    frac = math.sqrt(1 - sparsity)
+    rows = np.sort(rng.choice(m, max(1, round(m * frac)), replace=False))
+    chans = np.sort(rng.choice(k // tap, max(1, round(k // tap * frac)), replace=False))
+    cols = (chans[:, None] * tap + np.arange(tap)).ravel()
+    variants["channel_io"] = compact_channels(np.ascontiguousarray(w[rows][:, cols]))
+    variants["channel_io_cols"] = cols
     return variants
-
-
-def timed(fn, cpu: dict | None = None, name: str = "") -> float:
-    """Wall seconds of one call; with ``cpu``, also appends the calling thread's CPU seconds to
-    cpu[name] (with one thread everything runs in the caller, so this excludes the time other
-    jobs on a shared machine kept it descheduled)."""
-    c0, t0 = time.thread_time(), time.perf_counter()
-    fn()
-    t1, c1 = time.perf_counter(), time.thread_time()
-    if cpu is not None:
-        cpu.setdefault(name, []).append(c1 - c0)
-    return t1 - t0
 
 
 def measure(shape, threads: int, sparsity: float, repeats: int, rng) -> dict:
@@ -89,7 +98,9 @@ def measure(shape, threads: int, sparsity: float, repeats: int, rng) -> dict:
     w = rng.standard_normal((m, k)).astype(np.float32)
     x = rng.standard_normal((k, n)).astype(np.float32)
     tw, tx = torch.from_numpy(w), torch.from_numpy(x)
-    variants = build_variants(rng, w, sparsity)
+    variants = build_variants(rng, w, sparsity, taps(shape))
+    x_io = np.ascontiguousarray(x[variants["channel_io_cols"]])  # what a pruned previous layer hands on
+    kept_rows = np.ascontiguousarray(variants["channel"].weight)
     pack_only = CSRMatrix.from_dense(np.zeros((1, k), np.float32))
     torch.set_num_threads(threads)
     runs = {
@@ -97,33 +108,32 @@ def measure(shape, threads: int, sparsity: float, repeats: int, rng) -> dict:
         "csr": lambda: spmm(variants["csr"], x, threads=threads),
         "bsr4x1": lambda: spmm(variants["bsr4x1"], x, threads=threads),
         "bsr4x4": lambda: spmm(variants["bsr4x4"], x, threads=threads),
-        "channel": lambda: dense_gemm(variants["channel"], x, expand=False),
+        "channel": lambda: dense_gemm(variants["channel"], x, expand=False, threads=threads),
+        "channel_blas": lambda: np.matmul(kept_rows, x),
+        "channel_io": lambda: dense_gemm(variants["channel_io"], x_io, expand=False, threads=threads),
         # one all-zero row: packs every panel of X once and computes nothing — the floor that
         # reading X sets under any kernel here
         "pack": lambda: spmm(pack_only, x, threads=threads),
     }
     limits = threadpool_limits(limits=threads, user_api="blas") if threadpool_limits else None
     try:
-        for fn in runs.values():  # warm-up: page in, first-touch, thread pools
-            fn()
-        times = {name: [] for name in runs}
-        cpu: dict[str, list[float]] = {}
-        for _ in range(repeats):
-            for name, fn in runs.items():
-                times[name].append(timed(fn, cpu, name))
+        med, cpu_med = interleaved_medians(runs, repeats)
     finally:
         if limits is not None:
             limits.unregister()
-    med = {name: statistics.median(ts) for name, ts in times.items()}
-    cpu_med = {name: statistics.median(ts) for name, ts in cpu.items()}
     kept = variants["channel"].weight.shape[0]
+    io = variants["channel_io"].weight
+    density_io = io.size / (m * k)
     return {
         "median_s": med,
         "speedup": {v: med["dense"] / med[v] for v in VARIANTS},
         "cpu_speedup": {v: cpu_med["dense"] / cpu_med[v] for v in VARIANTS} if threads == 1 else None,
         "channel_eff": med["dense"] / med["channel"] / (m / kept),
+        "channel_blas_eff": med["dense"] / med["channel_blas"] / (m / kept),
+        "channel_io_eff": med["dense"] / med["channel_io"] * density_io,
         "kept": kept,
-        "density": {v: (variants[v].density if v != "channel" else kept / m) for v in VARIANTS},
+        "kept_io": io.shape,
+        "density_io": density_io,
         "dense_gflops": 2 * m * k * n / med["dense"] / 1e9,
     }
 
@@ -143,13 +153,7 @@ def measure_conv(threads: int, sparsity: float, repeats: int, rng) -> dict:
         "csr": lambda: conv2d_sparse(x, csr, pad=1, threads=threads),
         "bsr4x4": lambda: conv2d_sparse(x, bsr, pad=1, threads=threads),
     }
-    for fn in runs.values():
-        fn()
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            times[name].append(timed(fn))
-    med = {name: statistics.median(ts) for name, ts in times.items()}
+    med, _ = interleaved_medians(runs, repeats)
     return {"median_s": med, "speedup": {v: med["dense"] / med[v] for v in ("csr", "bsr4x4")}}
 
 
@@ -173,13 +177,7 @@ def measure_int8(threads: int, sparsity: float, repeats: int, rng) -> dict:
     runs = {"dense": lambda: torch.matmul(tw, tx)}
     for name, mat in mats.items():
         runs[name] = (lambda a=mat, b=(x8 if name.endswith("_i8") else x): spmm(a, b, threads=threads))
-    for fn in runs.values():
-        fn()
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            times[name].append(timed(fn))
-    med = {name: statistics.median(ts) for name, ts in times.items()}
+    med, _ = interleaved_medians(runs, repeats)
     return {"median_s": med, "speedup": {v: med["dense"] / med[v] for v in mats}}
 
 
@@ -203,13 +201,20 @@ def render(rows: list[dict], conv_rows: list[dict], int8_rows: list[dict], comma
            f"- date (UTC): {started}",
            f"- command: `{command}`",
            f"- machine: {machine()}",
-           f"- method: median of {repeats} runs per figure; dense baseline = torch.matmul on the same "
-           "float32 data with torch.set_num_threads(threads), timed in the same repetitions; "
+           f"- method: benchmarks/timing.interleaved_medians, {max(1, repeats // 3)} rounds x 3 runs per "
+           "figure, every variant in turn in each round; dense baseline = torch.matmul on the same "
+           "float32 data with torch.set_num_threads(threads), timed in the same rounds; "
            "speed-up = dense time / kernel time. Masks: csr unstructured, bsr random 4x1 / 4x4 "
-           "blocks, channel = whole output rows removed, run as numpy.matmul on the kept rows "
-           "(eff = fraction of the FLOP ideal). Load average (1/5/15 min) logged per shape. "
-           "For one thread the targets table also gives the ratio of median thread CPU times "
-           "(time.thread_time), which leaves out the time other jobs kept the thread off the CPU.",
+           "blocks. channel = whole output rows removed, run by dense_gemm on the kept rows of a "
+           "CompactWeight (skinny_gemm: X read in place in 64-column strips, no packing pass; "
+           "numpy.matmul where kernels.conv.use_skinny says BLAS is faster); eff = fraction of the "
+           "FLOP ideal (dense time x kept / M). channel BLAS = the same kept rows on numpy.matmul "
+           "(OpenBLAS; what dense_gemm ran before). channel in+out (informative, not the target): "
+           "sqrt(1 - s) of the output rows and of the input channels kept (weight density 1 - s), "
+           "X already holding only the kept channels; eff = speed-up x density. Load average "
+           "(1/5/15 min) logged per row. For one thread the targets table also gives the ratio of "
+           "median thread CPU times (time.thread_time), which leaves out the time other jobs kept "
+           "the thread off the CPU.",
            ""]
     out += ["### Targets (3x3 conv shape 512 x 4608 x 3136, one thread)", "",
             "| kernel | sparsity | target | measured (wall) | met | CPU-time ratio |",
@@ -227,6 +232,9 @@ def render(rows: list[dict], conv_rows: list[dict], int8_rows: list[dict], comma
             cpu_eff = r["cpu_speedup"]["channel"] / (r["shape"][1] / r["kept"])
             out.append(f"| channel (dense on kept rows) | {r['sparsity']:.0%} | >= {CHANNEL_TARGET} of ideal "
                        f"| {eff:.3f} | {'yes' if eff >= CHANNEL_TARGET else 'NO'} | {cpu_eff:.3f} of ideal |")
+            cpu_io = r["cpu_speedup"]["channel_io"] * r["density_io"]
+            out.append(f"| channel in+out (informative, not the target) | {r['sparsity']:.0%} | - "
+                       f"| {r['channel_io_eff']:.3f} of ideal | - | {cpu_io:.3f} of ideal |")
     out += ["", "Notes:", ""]
     cores = os.cpu_count() or 1
     worst = max((r["load"][0] for r in rows), default=0.0)
@@ -252,15 +260,16 @@ def render(rows: list[dict], conv_rows: list[dict], int8_rows: list[dict], comma
             ideal = med["dense"] * kept / r["shape"][1]
             out.append(
                 f"- channel at {r['sparsity']:.0%}: the kept GEMM is {kept} x {r['shape'][2]} x "
-                f"{r['shape'][3]}, FLOP-ideal time {ideal * 1e3:.1f} ms, measured "
-                f"{med['channel'] * 1e3:.1f} ms; packing X once ({r['shape'][2] * r['shape'][3] * 4 / 1e6:.0f} MB, "
-                f"which any GEMM must read) took {med['pack'] * 1e3:.1f} ms in our packer, "
-                f"{med['pack'] / ideal:.0%} of the ideal time: so few rows leave too few FLOPs per "
-                "byte of X to hide moving it.")
+                f"{r['shape'][3]}, FLOP-ideal time {ideal * 1e3:.1f} ms; skinny_gemm "
+                f"{med['channel'] * 1e3:.1f} ms ({r['channel_eff']:.2f} of ideal), numpy.matmul "
+                f"{med['channel_blas'] * 1e3:.1f} ms ({r['channel_blas_eff']:.2f}). X is "
+                f"{r['shape'][2] * r['shape'][3] * 4 / 1e6:.0f} MB; copying it into panels alone takes "
+                f"{med['pack'] * 1e3:.1f} ms ({med['pack'] / ideal:.0%} of the ideal time), a pass a BLAS "
+                "makes before its FLOPs and skinny_gemm does not (it streams X from DRAM under the FMAs).")
     out += ["", "### All figures", "",
             "| shape M x K x N | threads | sparsity | dense ms (GFLOP/s) | csr | bsr 4x1 | bsr 4x4 "
-            "| channel (eff) | X pack ms | load avg |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "| channel (eff) | channel BLAS (eff) | channel in+out (eff) | X pack ms | load avg |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         name, m, k, n = r["shape"]
         med, sp = r["median_s"], r["speedup"]
@@ -269,6 +278,8 @@ def render(rows: list[dict], conv_rows: list[dict], int8_rows: list[dict], comma
             f"| {name}: {m} x {k} x {n} | {r['threads']} | {r['sparsity']:.0%} "
             f"| {med['dense'] * 1e3:.2f} ({r['dense_gflops']:.0f}) | " + " | ".join(cells)
             + f" | {med['channel'] * 1e3:.2f} ms {sp['channel']:.2f}x ({r['channel_eff']:.2f}) "
+            f"| {med['channel_blas'] * 1e3:.2f} ms ({r['channel_blas_eff']:.2f}) "
+            f"| {med['channel_io'] * 1e3:.2f} ms ({r['channel_io_eff']:.2f}) "
             f"| {med['pack'] * 1e3:.2f} | {' / '.join(f'{v:.2f}' for v in r['load'])} |")
     if conv_rows:
         out += ["", "### As a convolution: x[1, 512, 56, 56], 3x3, pad 1 (im2col packed into panels "
@@ -293,29 +304,18 @@ def render(rows: list[dict], conv_rows: list[dict], int8_rows: list[dict], comma
 
 
 def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace (or append) our section, leaving every other section as it is; atomic write."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, l in enumerate(lines) if l.rstrip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + tail if tail else "")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.replace(tmp, path)
+    """Replace (or append) our section through benchmarks/results.py, leaving every other
+    section as it is."""
+    update_section(SECTION.removeprefix("## "), text.removeprefix(SECTION), path)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3x3 shape, 90/95 %%, one thread; print only")
-    ap.add_argument("--repeats", type=int, default=None, help="runs per figure (default 7, quick 5)")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per figure, in rounds of 3 (default 9, quick 6)")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args(argv)
-    repeats = args.repeats or (5 if args.quick else 7)
+    repeats = args.repeats or (6 if args.quick else 9)
     shapes = SHAPES[:1] if args.quick else SHAPES
     sparsities = [0.9, 0.95] if args.quick else SPARSITIES
     thread_counts = [1] if args.quick else [1, 2]
@@ -332,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                 sp = r["speedup"]
                 print(f"{shape[0]:>22} t={threads} s={s:.2f} dense {r['median_s']['dense'] * 1e3:8.2f} ms"
                       f" | csr {sp['csr']:5.2f}x  4x1 {sp['bsr4x1']:5.2f}x  4x4 {sp['bsr4x4']:5.2f}x"
-                      f"  channel {sp['channel']:5.2f}x (eff {r['channel_eff']:.2f})"
+                      f"  channel eff {r['channel_eff']:.2f} (blas {r['channel_blas_eff']:.2f},"
+                      f" in+out {r['channel_io_eff']:.2f})"
                       f" | load {r['load'][0]:.2f}", flush=True)
     conv_rows = []
     if not args.quick:

@@ -4,7 +4,7 @@ from __future__ import annotations
 # Sparse weight x dense activation kernels (formats, packed-panel products, convolutions).
 from kernels.conv import CompactWeight, compact_channels, conv2d_dense, conv2d_sparse, dense_gemm
 from kernels.formats import BSRMatrix, CSRMatrix
-from kernels.sparse_gemm import PANEL_WIDTH, spmm, spmm_im2col
+from kernels.sparse_gemm import PANEL_WIDTH, SkinnyWeight, skinny_gemm, spmm, spmm_im2col
 
 # Hashed (SLIDE) layers, adaptive deep reuse, and the ONNX graph runner.
 from kernels.reuse import ReuseSchedule, ReuseStats, reuse_conv2d, reuse_matmul
@@ -21,6 +21,7 @@ __all__ = [
     "PANEL_WIDTH",
     "ReuseSchedule",
     "ReuseStats",
+    "SkinnyWeight",
     "choose_format",
     "choose_k_l",
     "compact_channels",
@@ -29,6 +30,7 @@ __all__ = [
     "dense_gemm",
     "reuse_conv2d",
     "reuse_matmul",
+    "skinny_gemm",
     "spmm",
     "spmm_im2col",
 ]
