@@ -77,8 +77,7 @@ def _dataflows(spec: HardwareSpec, dataflow: Dataflow | str | None) -> tuple[Dat
     return (wanted,)
 
 
-def _mac_layer(layer: Layer, spec: HardwareSpec, dataflows: tuple[Dataflow, ...], objective: str,
-               like: Layer | None = None) -> LayerEnergy:
+def _mac_layer(layer: Layer, spec: HardwareSpec, dataflows: tuple[Dataflow, ...], objective: str) -> LayerEnergy:
     best: tuple[float, HardwareContext, BatchCost, int, Mapping] | None = None
     for df in dataflows:
         hw = hardware_context(spec, df)
@@ -87,7 +86,7 @@ def _mac_layer(layer: Layer, spec: HardwareSpec, dataflows: tuple[Dataflow, ...]
             spec.mac_energy_pj(max(ctx.bits_of(Operand.WEIGHTS), ctx.bits_of(Operand.INPUTS)))
         except ValueError as e:
             raise ModelError(str(e), node=layer.name) from None
-        pool = search_pool(ctx, hw, objective, like=None if like is None else layer_context(like, hw))
+        pool = search_pool(ctx, hw, objective)
         if len(pool) == 0:
             continue
         index, cost = best_in(pool, ctx, hw, objective)
@@ -175,7 +174,7 @@ def _no_fit_message(layer: Layer, spec: HardwareSpec) -> str:
     return f"no mapping fits hardware '{spec.name}': {detail}"
 
 
-def _fused(layer: Layer, graph: Graph) -> bool:
+def fused_into_producer(layer: Layer, graph: Graph) -> bool:
     """An elementwise op on a single tensor that only it consumes is applied on the fly as its
     producer writes that tensor back (ReLU after Conv, after Add, ...)."""
     if layer.op is not OpKind.ELEMENTWISE or len(layer.inputs) != 1:
@@ -234,11 +233,8 @@ def _vector_layer(layer: Layer, spec: HardwareSpec, fused: bool) -> LayerEnergy:
 
 
 def estimate_layer(layer: Layer, spec: HardwareSpec, *, dataflow: Dataflow | str | None = None,
-                   objective: str = "energy", fused: bool = False, like: Layer | None = None) -> LayerEnergy:
-    """The energy of one layer (MAC layers: best mapping over the allowed dataflows).
-
-    ``like``: the same layer with other loop bounds (e.g. before channel pruning), whose
-    mappings warm-start the search of this one (energy.mapper); a plain Conv/Gemm only."""
+                   objective: str = "energy", fused: bool = False) -> LayerEnergy:
+    """The energy of one layer (MAC layers: best mapping over the allowed dataflows)."""
     if objective not in ("energy", "edp"):
         raise OptionError(f"objective must be 'energy' or 'edp', got {objective!r}")
     if not layer.is_mac:
@@ -248,8 +244,6 @@ def estimate_layer(layer: Layer, spec: HardwareSpec, *, dataflow: Dataflow | str
     def dataflow_model(plain: Layer) -> LayerEnergy:
         return _mac_layer(plain, spec, dataflows, objective)
 
-    if like is not None and like.op is layer.op and layer.op not in (OpKind.REUSE, OpKind.HASHED):
-        return _mac_layer(layer, spec, dataflows, objective, like)
     if layer.op is OpKind.REUSE:
         return reuse_layer_energy(layer, spec, dataflow_model)
     if layer.op is OpKind.HASHED:
@@ -278,7 +272,7 @@ def estimate(model, spec: HardwareSpec | str | os.PathLike, *, dataflow: Dataflo
     for i, layer in enumerate(ordered):
         if progress is not None:
             progress(i, len(ordered), layer.name)
-        fused = not layer.is_mac and _fused(layer, graph)
+        fused = not layer.is_mac and fused_into_producer(layer, graph)
         layers.append(estimate_layer(layer, hw_spec, dataflow=dataflow, objective=objective, fused=fused))
     return EnergyReport(
         model=graph.name,

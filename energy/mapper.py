@@ -12,12 +12,6 @@ The search runs on the dense version of the layer and keeps a pool of the best m
 saw; a layer with other densities is costed over that pool. Because tiles are sized for the
 dense worst case, the pool does not depend on density, so re-estimating a pruned layer is one
 vectorised evaluation and energy can only fall as density falls.
-
-A layer whose loop bounds changed (a channel-pruned copy of a layer already searched) can be
-*warm-started* from that layer's pool (``like``): its best mappings are carried over to the new
-bounds (each new prime factor goes where the old mapping had room for it), a few samples are
-added, and local search starts from the best of them. That costs a fraction of a cold search;
-the result depends only on the two layers, so it is as reproducible as a cold one.
 """
 from __future__ import annotations
 
@@ -47,8 +41,6 @@ SAMPLES = 600
 LOCAL_SEARCH_STARTS = 3
 LOCAL_SEARCH_MAX_STEPS = 40
 POOL_SIZE = 256
-WARM_SEEDS = 16  # best mappings of the related layer carried over to a warm-started search
-WARM_SAMPLES = 64  # random samples added to them, so the warm search can still leave their basin
 
 
 @dataclass(frozen=True)
@@ -304,43 +296,14 @@ def _local_search(assign, orders, values, space: _Space, ctx: LayerContext, hw: 
     return assign[index], orders[index], values[index]
 
 
-def _carry_over(pool: MappingBatch, space: _Space) -> tuple[np.ndarray, np.ndarray]:
-    """The mappings of ``pool`` (another layer's) as assignments of ``space``'s prime factors.
-
-    Each slot of an old mapping had a factor per dimension; the new primes of that dimension,
-    largest first, go to the allowed slot with the most of that factor still unused (innermost
-    on ties), or to the outermost temporal level when no slot has room. A slot therefore never
-    gets more than it had, so tiles only shrink and array limits still hold."""
-    L = space.n_levels
-    slots = np.concatenate([pool.temporal, pool.spatial_rows[:, None], pool.spatial_cols[:, None]], axis=1)
-    order = sorted(range(len(space.primes)), key=lambda i: -int(space.primes[i]))
-    assign = np.empty((len(pool), len(space.primes)), dtype=np.int64)
-    for k in range(len(pool)):
-        room = slots[k].astype(np.float64)
-        for i in order:
-            d, p = int(space.dims[i]), int(space.primes[i])
-            fits = [s for s in space.allowed[i] if room[s, d] >= p]
-            slot = max(fits, key=lambda s: (room[s, d], -s)) if fits else max(s for s in space.allowed[i] if s < L)
-            room[slot, d] /= p
-            assign[k, i] = slot
-    return assign, pool.order.copy()
-
-
-def search_pool(ctx: LayerContext, hw: HardwareContext, objective: str, like: LayerContext | None = None) -> MappingBatch:
-    """The pool of good mappings for the dense version of this layer (cached). ``like``: a layer
-    of the same kind with other loop bounds whose pool warm-starts the search (see the module
-    docstring); ignored when the bounds are equal or the space is small enough to enumerate."""
+def search_pool(ctx: LayerContext, hw: HardwareContext, objective: str) -> MappingBatch:
+    """The pool of good mappings for the dense version of this layer (cached)."""
     dense = dataclasses.replace(ctx, density=tuple((op, 1.0) for op, _ in ctx.density))
-    if like is not None:
-        like = dataclasses.replace(like, density=tuple((op, 1.0) for op, _ in like.density))
-        if like.bounds == dense.bounds or like.holds != dense.holds:
-            like = None
-    return _search_pool_cached(dense, hw, objective, like)
+    return _search_pool_cached(dense, hw, objective)
 
 
 @lru_cache(maxsize=4096)
-def _search_pool_cached(ctx: LayerContext, hw: HardwareContext, objective: str,
-                        like: LayerContext | None = None) -> MappingBatch:
+def _search_pool_cached(ctx: LayerContext, hw: HardwareContext, objective: str) -> MappingBatch:
     space = _space(ctx, hw)
     total = 1
     for choices in list(space.allowed) + list(space.orders):
@@ -350,13 +313,7 @@ def _search_pool_cached(ctx: LayerContext, hw: HardwareContext, objective: str,
         values = _objective(assign, orders, space, ctx, hw, objective)
     else:
         rng = np.random.default_rng(_seed(ctx, hw))
-        if like is None:
-            assign, orders = _sample(space, hw, rng, SAMPLES)
-        else:
-            base = _search_pool_cached(like, hw, objective, None)
-            carried = _carry_over(base.take(np.arange(min(WARM_SEEDS, len(base)))), space)
-            sampled = _sample(space, hw, rng, WARM_SAMPLES)
-            assign, orders = _unique(np.concatenate([carried[0], sampled[0]]), np.concatenate([carried[1], sampled[1]]), space)
+        assign, orders = _sample(space, hw, rng, SAMPLES)
         values = _objective(assign, orders, space, ctx, hw, objective)
         assign, orders, values = _local_search(assign, orders, values, space, ctx, hw, objective)
     keep = _best(values, POOL_SIZE)

@@ -6,10 +6,10 @@ so each layer's energy depends only on the layer itself: with the default estima
 energies are memoised per (frozen, hashable) Layer via ``energy.estimate_layer`` and a
 proposal only pays for the layers it changed. The memo is checked once against a full
 ``energy.estimate`` of the base graph; on any mismatch every proposal is estimated in full.
-A changed layer is searched only in the dataflow its unpruned version chose, and a layer with
-new channel counts is warm-started from its unpruned version's mappings (energy.mapper); both
-can only over-estimate a proposal, and ``exact_pj`` gives the full estimate the final result
-reports.
+A changed layer is searched only in the dataflow its unpruned version chose (the same seeded
+search the full estimate runs for that dataflow); that can only over-estimate a proposal, and
+``exact_pj`` gives the full estimate the final result reports, so a budget met by the cost
+model is met by the full estimate too.
 """
 from __future__ import annotations
 
@@ -41,32 +41,29 @@ class EnergyModel:
         self._estimate = estimate_fn or _default_estimate
         self._reports: dict[tuple, object] = {}
         self._layer_pj: dict[Layer, float] = {}
-        self._fused: dict[str, bool] | None = None
+        self._fused: dict[str, bool] | None = None  # None: estimate every proposal in full
         self._dataflow: dict[str, object] = {}  # layer name -> the dataflow its unpruned version maps best to
         self.calls = 0
         if estimate_fn is None:
             self._fused = self._fused_flags()
-            full = float(self.report(graph).total_energy_pj)
-            if self._fused is not None and not math.isclose(self.total_pj(graph), full, rel_tol=1e-9):
-                self._fused = None
 
     def _fused_flags(self) -> dict[str, bool] | None:
+        """Which elementwise layers the estimator fuses into their producer (pruning keeps the
+        topology, so the base graph's flags hold for every proposal). Memoises the base graph's
+        layer energies and each MAC layer's dataflow, and checks that a non-MAC layer estimated
+        on its own gives what the full estimate gave it (None if not: estimate in full)."""
         from energy import estimate_layer
+        from energy.estimator import fused_into_producer
 
         base = self.report(self.graph)
         self._dataflow = {le.name: le.mapping.dataflow for le in base.layers if getattr(le, "mapping", None) is not None}
-        fused: dict[str, bool] = {}
+        fused = {layer.name: fused_into_producer(layer, self.graph) for layer in self.graph if not layer.is_mac}
         for layer, le in zip(self.graph, base.layers):
-            if layer.is_mac:
-                self._layer_pj[layer] = float(le.energy_pj)
-                continue
-            for flag in (False, True):
-                if math.isclose(float(estimate_layer(layer, self.spec, fused=flag).energy_pj), float(le.energy_pj), rel_tol=1e-9, abs_tol=1e-9):
-                    fused[layer.name] = flag
-                    self._layer_pj[layer] = float(le.energy_pj)
-                    break
-            else:
-                return None  # the estimator's per-layer results do not add up: estimate in full
+            if not layer.is_mac:
+                alone = float(estimate_layer(layer, self.spec, fused=fused[layer.name]).energy_pj)
+                if not math.isclose(alone, float(le.energy_pj), rel_tol=1e-9, abs_tol=1e-9):
+                    return None
+            self._layer_pj[layer] = float(le.energy_pj)
         return fused
 
     def report(self, graph: Graph):
@@ -82,13 +79,11 @@ class EnergyModel:
             from energy import estimate_layer
 
             # A pruned layer is searched only in the dataflow its unpruned version chose (a third of
-            # the work on a 3-dataflow spec), starting from that version's mappings. That can only
-            # over-estimate a proposal; the result's final energies come from full estimates
-            # (exact_pj), so a met budget stays met.
+            # the work on a 3-dataflow spec). That can only over-estimate a proposal; the result's
+            # final energies come from full estimates (exact_pj), so a met budget stays met.
             fused = False if layer.is_mac else self._fused[layer.name]
             dataflow = self._dataflow.get(layer.name) if layer.is_mac else None
-            like = self.graph[layer.name] if layer.is_mac and layer.name in self.graph else None
-            self._layer_pj[layer] = float(estimate_layer(layer, self.spec, fused=fused, dataflow=dataflow, like=like).energy_pj)
+            self._layer_pj[layer] = float(estimate_layer(layer, self.spec, fused=fused, dataflow=dataflow).energy_pj)
         return self._layer_pj[layer]
 
     def per_layer_pj(self, graph: Graph) -> dict[str, float]:
