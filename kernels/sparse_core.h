@@ -484,8 +484,8 @@ static int jc_spmm(const jc_sparse *A, const jc_src *src, int64_t M, int64_t K, 
  * prefetched line by line, spread evenly over the current block's (strip, row block) calls, so
  * the DRAM stream overlaps the FMAs. W is packed once (jc_sk_pack_w) so each block's
  * broadcasts come from contiguous memory. Column tails: a 16..48-column remainder runs in place
- * on 1..3 vectors; the last < 16 columns are copied to a zero-padded 16-wide buffer (and their
- * Y goes through one). Tuned on an AVX-512 AMD EPYC core (1 MB L2): KC 64 / 256 and NC
+ * on 1..3 vectors; the last < 16 columns are copied, a K block at a time, to a zero-padded
+ * 16-wide buffer (and their Y goes through one). Tuned on an AVX-512 AMD EPYC core (1 MB L2): KC 64 / 256 and NC
  * 256 / 1024 were slower, and so were the t0, t2 and nta prefetch hints.
  * ------------------------------------------------------------------------------------------ */
 #define JC_SK_MR 6
@@ -519,13 +519,24 @@ static void jc_sk_pack_w(const float *W, ptrdiff_t ldw, int64_t M, int64_t K, fl
 }
 
 /* Software prefetch of a run of lines of the next X block: `lines` cache lines starting at
- * line `first` of a block whose rows are `per_row` lines long (row stride ldx floats), one line
- * every `every` k steps. */
+ * line `first` of a block whose rows are `per_row` lines long (row stride ldx floats), `burst`
+ * lines every `every` k steps. */
 typedef struct {
     const char *base;
     ptrdiff_t row_bytes;
-    int64_t per_row, first, lines, every;
+    int64_t per_row, first, lines, every, burst;
 } jc_sk_pf;
+
+/* With up to 4 rows GCC folds the X loads into the FMAs as memory operands, loading each X
+ * vector once per row: on this AMD core that made the loads, not the FMAs, the bottleneck
+ * (~47 of ~100 GFLOP/s at 4 rows). An empty asm that needs the value in a register stops it. */
+#ifndef JC_SK_IN_REGISTER
+#if defined(__AVX512F__) && (defined(__x86_64__) || defined(__i386__))
+#define JC_SK_IN_REGISTER(v) __asm__("" : "+v"(v))
+#else
+#define JC_SK_IN_REGISTER(v) ((void)0)
+#endif
+#endif
 
 /* One register block: rows of wp ([kc][MR]) times kc rows of an NV-vector strip x (row stride
  * ldx), added to (or, first, stored into) y (row stride ldy), while issuing the prefetches of
@@ -547,18 +558,22 @@ jc_sk_micro(const float *restrict wp, const float *restrict x, ptrdiff_t ldx, in
     }
     for (int64_t k = 0; k < kc; k++) {
         if (left > 0 && --countdown <= 0) {
-            __builtin_prefetch(line, 0, JC_SK_PF_HINT);
-            left--;
-            countdown = pf->every;
-            if (++col == pf->per_row) {
-                col = 0;
-                line += pf->row_bytes - (pf->per_row - 1) * 64;
-            } else {
-                line += 64;
+            for (int64_t i = 0; i < pf->burst && left > 0; i++, left--) {
+                __builtin_prefetch(line, 0, JC_SK_PF_HINT);
+                if (++col == pf->per_row) {
+                    col = 0;
+                    line += pf->row_bytes - (pf->per_row - 1) * 64;
+                } else {
+                    line += 64;
+                }
             }
+            countdown = pf->every;
         }
         jc_v16 xv[JC_SK_NV];
-        for (int v = 0; v < NV; v++) xv[v] = *(const jc_v16u *)(x + k * ldx + v * JC_VW);
+        for (int v = 0; v < NV; v++) {
+            xv[v] = *(const jc_v16u *)(x + k * ldx + v * JC_VW);
+            JC_SK_IN_REGISTER(xv[v]);
+        }
         for (int r = 0; r < MR; r++) {
             const float w = wp[k * MR + r];
             for (int v = 0; v < NV; v++) acc[r][v] += w * xv[v];
@@ -602,7 +617,7 @@ static void jc_sk_panel(const float *Wp, int64_t M, int64_t K, int64_t b0, int64
     const int64_t calls = strips * (b1 - b0);
     for (int64_t k0 = 0; k0 < K; k0 += JC_SK_KC) {
         const int64_t kc = K - k0 < JC_SK_KC ? K - k0 : JC_SK_KC;
-        jc_sk_pf pf = {NULL, ldx * (ptrdiff_t)sizeof(float), 0, 0, 0, 1};
+        jc_sk_pf pf = {NULL, ldx * (ptrdiff_t)sizeof(float), 0, 0, 0, 1, 1};
         int64_t total = 0;
         if (k0 + kc < K) {
             const int64_t rows = K - k0 - kc < JC_SK_KC ? K - k0 - kc : JC_SK_KC;
@@ -616,6 +631,7 @@ static void jc_sk_panel(const float *Wp, int64_t M, int64_t K, int64_t b0, int64
             total = rows * pf.per_row;
         }
         const int64_t per_call = (total + calls - 1) / calls;
+        pf.burst = per_call > kc ? (per_call + kc - 1) / kc : 1;
         pf.every = per_call > 0 ? (kc > per_call ? kc / per_call : 1) : kc;
         int64_t c = 0;
         for (int64_t s = 0; s < strips; s++) {
@@ -647,25 +663,30 @@ static void jc_sk_range(const float *Wp, int64_t M, int64_t K, int64_t b0, int64
     }
 }
 
-/* The last n - n16 < 16 columns, rows of blocks [b0, b1): copied into a zero-padded 16-wide
- * buffer, multiplied into a 16-wide Y buffer, then the real columns stored. -1: no memory. */
+/* The last n - n16 < 16 columns, rows of blocks [b0, b1): one K block at a time copied into a
+ * zero-padded 16-wide buffer on the stack, multiplied into a 16-wide Y buffer, then the real
+ * columns stored. -1: no memory for the Y buffer. */
 static int jc_sk_tail(const float *Wp, int64_t M, int64_t K, int64_t b0, int64_t b1,
                       const float *X, ptrdiff_t ldx, int64_t n16, int64_t tail, float *Y,
                       ptrdiff_t ldy)
 {
-    float *xt = aligned_alloc(64, (size_t)K * JC_VW * sizeof(float));
+    float xt[JC_SK_KC * JC_VW] __attribute__((aligned(64)));
     float *yt = aligned_alloc(64, (size_t)M * JC_VW * sizeof(float));
-    if (xt == NULL || yt == NULL) {
-        free(xt);
-        free(yt);
-        return -1;
+    if (yt == NULL) return -1;
+    const jc_sk_pf none = {NULL, 0, 0, 0, 0, 1, 1};
+    for (int64_t k0 = 0; k0 < K; k0 += JC_SK_KC) {
+        const int64_t kc = K - k0 < JC_SK_KC ? K - k0 : JC_SK_KC;
+        for (int64_t k = 0; k < kc; k++)
+            for (int64_t j = 0; j < JC_VW; j++)
+                xt[k * JC_VW + j] = j < tail ? X[(k0 + k) * ldx + n16 + j] : 0.0f;
+        for (int64_t b = b0; b < b1; b++) {
+            const int64_t r0 = jc_sk_row(M, b), mr = jc_sk_row(M, b + 1) - r0;
+            jc_sk_block(Wp + r0 * K + k0 * mr, xt, JC_VW, kc, yt + r0 * JC_VW, JC_VW, k0 == 0,
+                        &none, mr, 1);
+        }
     }
-    for (int64_t k = 0; k < K; k++)
-        for (int64_t j = 0; j < JC_VW; j++) xt[k * JC_VW + j] = j < tail ? X[k * ldx + n16 + j] : 0.0f;
-    jc_sk_panel(Wp, M, K, b0, b1, xt, JC_VW, JC_VW, yt, JC_VW, NULL, 0);
     for (int64_t r = jc_sk_row(M, b0); r < jc_sk_row(M, b1); r++)
         memcpy(Y + r * ldy + n16, yt + r * JC_VW, (size_t)tail * sizeof(float));
-    free(xt);
     free(yt);
     return 0;
 }
