@@ -37,6 +37,7 @@ cdef extern from *:
     /* 16-float vectors (GCC vector extension; one zmm with AVX-512). aligned(4): no
      * alignment needed for loads. */
     typedef float jr_v16 __attribute__((vector_size(64), aligned(4)));
+    typedef int32_t jr_i16 __attribute__((vector_size(64)));
     static inline jr_v16 jr_load(const float *p) { jr_v16 v; memcpy(&v, p, sizeof v); return v; }
     static inline void jr_store(float *p, jr_v16 v) { memcpy(p, &v, sizeof v); }
 
@@ -47,92 +48,147 @@ cdef extern from *:
         memcpy(&x, &v, sizeof x);
         return (uint64_t)_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ);
     }
+    /* any lane != 0 (NaN counts as nonzero, as x != 0.0f does) */
+    static inline int jr_any_nonzero(jr_v16 v) {
+        __m512 x;
+        memcpy(&x, &v, sizeof x);
+        return _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NEQ_UQ) != 0;
+    }
     #else
     static inline uint64_t jr_signbits(jr_v16 v) {
         uint64_t c = 0;
         for (int h = 0; h < 16; h++) c |= (uint64_t)(v[h] > 0.0f) << h;
         return c;
     }
+    static inline int jr_any_nonzero(jr_v16 v) {
+        jr_i16 bits;
+        memcpy(&bits, &v, sizeof bits);
+        int nz = 0;
+        for (int h = 0; h < 16; h++) nz |= (bits[h] & 0x7fffffff) != 0;
+        return nz;
+    }
     #endif
 
-    /* out[0:n] = scale * sum_j c[j] * B[j*ldb + 0:n] for j < len: the centroid times its
-     * slice of W. 128 columns at a time in eight register accumulators: enough independent
-     * FMA chains to hide the FMA latency, and no store per j. */
-    static void jr_vecmat(const float *c, int64_t len, float scale, const float *B, int64_t ldb,
+    /* x != 0 on the bits: -ffast-math may fold a float compare with NaN, which must count as
+     * nonzero (it propagates, as in X @ W); -0 is zero. */
+    static inline int jr_is_nonzero(float x) {
+        uint32_t bits;
+        memcpy(&bits, &x, sizeof bits);
+        return (bits & 0x7fffffffu) != 0;
+    }
+
+    static inline int jr_nonzero(const float *x, int64_t len) {
+        int64_t j = 0;
+        for (; j + 16 <= len; j += 16)
+            if (jr_any_nonzero(jr_load(x + j))) return 1;
+        for (; j < len; j++)
+            if (jr_is_nonzero(x[j])) return 1;
+        return 0;
+    }
+
+    /* acc[0:len] += x[0:len] */
+    static inline void jr_add(float *acc, const float *x, int64_t len) {
+        int64_t j = 0;
+        for (; j + 16 <= len; j += 16) jr_store(acc + j, jr_load(acc + j) + jr_load(x + j));
+        for (; j < len; j++) acc[j] += x[j];
+    }
+
+    /* out[0:T*16] = sum_t v[t] * B[j[t]*ldb + 0:T*16]: T register accumulators (T <= 8),
+     * no store per t. */
+    #define JR_TILE(T) \
+        static void jr_tile##T(const float *v, const int32_t *j, int64_t nnz, const float *B, \
+                               int64_t ldb, float *out) { \
+            jr_v16 a[T]; \
+            for (int u = 0; u < T; u++) a[u] = (jr_v16){0}; \
+            for (int64_t t = 0; t < nnz; t++) { \
+                const float *b = B + (int64_t)j[t] * ldb; \
+                for (int u = 0; u < T; u++) a[u] += v[t] * jr_load(b + 16 * u); \
+            } \
+            for (int u = 0; u < T; u++) jr_store(out + 16 * u, a[u]); \
+        }
+    JR_TILE(1) JR_TILE(2) JR_TILE(3) JR_TILE(4) JR_TILE(5) JR_TILE(6) JR_TILE(7) JR_TILE(8)
+    #undef JR_TILE
+    typedef void (*jr_tile_fn)(const float *, const int32_t *, int64_t, const float *, int64_t, float *);
+    static const jr_tile_fn JR_TILES[9] = {NULL, jr_tile1, jr_tile2, jr_tile3, jr_tile4, jr_tile5,
+                                           jr_tile6, jr_tile7, jr_tile8};
+
+    /* out[0:n] = sum_t v[t] * B[j[t]*ldb + 0:n] for t < nnz: a sparse row (values v at rows j
+     * of B) times B. The whole vectors are split into tiles of as equal width as possible,
+     * at most 8 vectors (e.g. 288 columns: 3 x 6): enough independent FMA chains in every
+     * tile to hide the FMA latency (a lone 1-vector tail would wait on each FMA). */
+    static void jr_vecmat(const float *v, const int32_t *j, int64_t nnz, const float *B, int64_t ldb,
                           int64_t n, float *out) {
-        int64_t m = 0;
-        for (; m + 128 <= n; m += 128) {
-            jr_v16 a[8] = {{0}, {0}, {0}, {0}, {0}, {0}, {0}, {0}};
-            for (int64_t j = 0; j < len; j++) {
-                const float v = c[j];
-                const float *b = B + j * ldb + m;
-                for (int u = 0; u < 8; u++) a[u] += v * jr_load(b + 16 * u);
-            }
-            for (int u = 0; u < 8; u++) jr_store(out + m + 16 * u, a[u] * scale);
+        const int64_t nvec = n / 16, tiles = (nvec + 7) / 8;
+        for (int64_t t0 = 0, done = 0; t0 < tiles; t0++) {
+            const int64_t width = (nvec - done) / (tiles - t0);   /* the rest, split evenly */
+            JR_TILES[width](v, j, nnz, B + 16 * done, ldb, out + 16 * done);
+            done += width;
         }
-        for (; m + 32 <= n; m += 32) {
-            jr_v16 a0 = {0}, a1 = {0};
-            for (int64_t j = 0; j < len; j++) {
-                a0 += c[j] * jr_load(B + j * ldb + m);
-                a1 += c[j] * jr_load(B + j * ldb + m + 16);
-            }
-            jr_store(out + m, a0 * scale); jr_store(out + m + 16, a1 * scale);
-        }
-        for (; m + 16 <= n; m += 16) {
-            jr_v16 a0 = {0};
-            for (int64_t j = 0; j < len; j++) a0 += c[j] * jr_load(B + j * ldb + m);
-            jr_store(out + m, a0 * scale);
-        }
-        for (; m < n; m++) {
+        for (int64_t m = nvec * 16; m < n; m++) {
             float a = 0.0f;
-            for (int64_t j = 0; j < len; j++) a += c[j] * B[j * ldb + m];
-            out[m] = a * scale;
+            for (int64_t t = 0; t < nnz; t++) a += v[t] * B[(int64_t)j[t] * ldb + m];
+            out[m] = a;
         }
     }
 
-    /* Codes of nb rows of X at columns k0..k0+len: bit h = (x . proj_h > thr[h]).
-     * projT [K, nv*16]: each column's projection coefficients, zero-padded to whole vectors;
-     * thr [nv*16]: this position's thresholds (0 for plain sign hashing; padded lanes must
-     * have thr 0, so they add no bit). */
-    static void jr_codes(const float *X, int64_t K, const float *projT, const float *thr, int nv,
-                         int64_t r0, int64_t nb, int64_t k0, int64_t len, uint64_t *code) {
+    /* out[0:n] = (c[0:len] * scale) @ B[0:len, 0:n]: one cluster's product, of its mean
+     * (c: the members' sum, scale: 1 / members). The zero entries of the mean (ReLU inputs:
+     * a quarter or more) are skipped. nzv, nzj: len scratch. */
+    static void jr_product(const float *c, float scale, int64_t len, const float *B, int64_t ldb,
+                           int64_t n, float *out, float *nzv, int32_t *nzj) {
+        int64_t nnz = 0;
+        for (int64_t j = 0; j < len; j++) {          /* branch-free compaction */
+            nzv[nnz] = c[j] * scale;
+            nzj[nnz] = (int32_t)j;
+            nnz += jr_is_nonzero(c[j]);
+        }
+        jr_vecmat(nzv, nzj, nnz, B, ldb, n, out);
+    }
+
+    /* prod[k*n + 0:n] = (cent[k] / cnt[k]) @ B[0:len, 0:n] for k < nc (cent [nc, len]). */
+    static void jr_products(const float *cent, const int32_t *cnt, int64_t nc, int64_t len,
+                            const float *B, int64_t ldb, int64_t n, float *prod, float *nzv,
+                            int32_t *nzj) {
+        for (int64_t k = 0; k < nc; k++)
+            jr_product(cent + k * len, 1.0f / (float)cnt[k], len, B, ldb, n, prod + k * n, nzv, nzj);
+    }
+
+    /* Codes of nb sub-vectors of len values, value j of sub-vector i at X[i*rs + j*cs] (row-
+     * or column-major, e.g. straight from NCHW planes): bit h = (x . proj_h > thr[h]).
+     * projT [len, nv*16]: each value's projection coefficients, zero-padded to whole vectors;
+     * thr [nv*16]: the thresholds (0 for plain sign hashing; padded lanes must have thr 0,
+     * so they add no bit). The values are broadcast one at a time, so any stride is as cheap
+     * as unit stride. */
+    static void jr_codes(const float *X, int64_t rs, int64_t cs, const float *projT, const float *thr,
+                         int nv, int64_t nb, int64_t len, uint64_t *code) {
         const int64_t hp = (int64_t)nv * 16;
         const jr_v16 t0 = jr_load(thr);
+        int64_t i0 = 0;
         if (nv == 1) {
             /* eight rows at a time (a GEMM micro-kernel): each projection load feeds eight
              * independent FMA chains, so the FMAs are not waiting on each other */
-            int64_t i = 0;
-            for (; i + 8 <= nb; i += 8) {
-                const float *xs = X + (r0 + i) * K + k0;
+            for (; i0 + 8 <= nb; i0 += 8) {
+                const float *xs = X + i0 * rs;
                 jr_v16 a[8];
                 for (int u = 0; u < 8; u++) a[u] = -t0;
                 for (int64_t j = 0; j < len; j++) {
-                    const jr_v16 p = jr_load(projT + (k0 + j) * hp);
-                    for (int u = 0; u < 8; u++) a[u] += xs[u * K + j] * p;
+                    const jr_v16 p = jr_load(projT + j * hp);
+                    for (int u = 0; u < 8; u++) a[u] += xs[u * rs + j * cs] * p;
                 }
-                for (int u = 0; u < 8; u++) code[i + u] = jr_signbits(a[u]);
+                for (int u = 0; u < 8; u++) code[i0 + u] = jr_signbits(a[u]);
             }
-            for (; i < nb; i++) {
-                const float *x0 = X + (r0 + i) * K + k0;
-                jr_v16 a0 = -t0;
-                for (int64_t j = 0; j < len; j++) a0 += x0[j] * jr_load(projT + (k0 + j) * hp);
-                code[i] = jr_signbits(a0);
-            }
-            return;
-        }
-        int64_t i0 = 0;
-        if (nv == 2) {
+        } else if (nv == 2) {
             /* 17..32 hashes: four rows x two vectors of accumulators */
             const jr_v16 t1 = jr_load(thr + 16);
             for (; i0 + 4 <= nb; i0 += 4) {
-                const float *xs = X + (r0 + i0) * K + k0;
+                const float *xs = X + i0 * rs;
                 jr_v16 a[4], b[4];
                 for (int u = 0; u < 4; u++) { a[u] = -t0; b[u] = -t1; }
                 for (int64_t j = 0; j < len; j++) {
-                    const jr_v16 p = jr_load(projT + (k0 + j) * hp);
-                    const jr_v16 q = jr_load(projT + (k0 + j) * hp + 16);
+                    const jr_v16 p = jr_load(projT + j * hp);
+                    const jr_v16 q = jr_load(projT + j * hp + 16);
                     for (int u = 0; u < 4; u++) {
-                        const float v = xs[u * K + j];
+                        const float v = xs[u * rs + j * cs];
                         a[u] += v * p;
                         b[u] += v * q;
                     }
@@ -140,13 +196,13 @@ cdef extern from *:
                 for (int u = 0; u < 4; u++) code[i0 + u] = jr_signbits(a[u]) | jr_signbits(b[u]) << 16;
             }
         }
-        for (int64_t i = i0; i < nb; i++) {
-            const float *x0 = X + (r0 + i) * K + k0;
+        for (int64_t i = i0; i < nb; i++) {       /* rows left over, and 33..64 hashes */
+            const float *x0 = X + i * rs;
             jr_v16 a[4];
             for (int v = 0; v < nv; v++) a[v] = -jr_load(thr + 16 * v);
             for (int64_t j = 0; j < len; j++) {
-                const float *pj = projT + (k0 + j) * hp;
-                for (int v = 0; v < nv; v++) a[v] += x0[j] * jr_load(pj + 16 * v);
+                const float *pj = projT + j * hp;
+                for (int v = 0; v < nv; v++) a[v] += x0[j * cs] * jr_load(pj + 16 * v);
             }
             uint64_t c = 0;
             for (int v = 0; v < nv; v++) c |= jr_signbits(a[v]) << (16 * v);
@@ -154,56 +210,87 @@ cdef extern from *:
         }
     }
 
-    /* Cluster the rows r0..r1 of X at columns k0..k1 (len = k1-k0) and add the reused
-     * products into Y. Scratch (per thread): code [nb], cid [nb], key [nb], table [cap],
-     * cent [nb*len], cnt [nb], prod [nb*M]. Returns the number of nonzero clusters;
-     * *n_zero_rows gets the number of all-zero sub-vectors (they form one more cluster
-     * whose product is skipped). */
-    static int64_t jr_position(const float *X, int64_t K, const float *W, int64_t M,
-                               const float *projT, const float *thr, int nv, int64_t r0, int64_t r1, int64_t k0,
-                               int64_t k1, float *Y, uint64_t *code, int32_t *cid,
-                               uint64_t *key, int32_t *table, int64_t cap, float *cent,
-                               int32_t *cnt, float *prod, int64_t *n_zero_rows) {
-        const int64_t nb = r1 - r0, len = k1 - k0;
-        int64_t nc = 0, zeros = 0;
-        jr_codes(X, K, projT, thr, nv, r0, nb, k0, len, code);
-        for (int64_t s = 0; s < cap; s++) table[s] = -1;
-        for (int64_t i = 0; i < nb; i++) {
-            const float *xr = X + (r0 + i) * K + k0;
-            int nz = 0;
-            for (int64_t j = 0; j < len; j++) nz |= xr[j] != 0.0f;
-            if (!nz) { cid[i] = -1; zeros++; continue; }
-            const uint64_t c = code[i];
-            /* open addressing on the code: cap is a power of two >= 2 nb */
-            int64_t s = (int64_t)((c * 0x9E3779B97F4A7C15ull) >> 40) & (cap - 1);
-            while (table[s] >= 0 && key[table[s]] != c) s = (s + 1) & (cap - 1);
-            if (table[s] < 0) {
-                table[s] = (int32_t)nc;
-                key[nc] = c;
-                cnt[nc] = 0;
-                memset(cent + nc * len, 0, sizeof(float) * (size_t)len);
-                nc++;
+    /* Open-addressing table from code to cluster id. A slot is live only if its gen is the
+     * current pass's: a new pass bumps gen instead of clearing the table. */
+    typedef struct { uint64_t key; int32_t gen; int32_t id; } jr_slot;
+
+    /* rows hashed together, then inserted while they are still in L1 */
+    #define JR_CODE_ROWS 64
+    /* hash-table slots prefetched this many sub-vectors ahead */
+    #define JR_PREFETCH 8
+
+    /* Add nb sub-vectors of len values to a clustering pass: those whose codes match share
+     * a cluster. Codes are computed from Xc (value j of sub-vector i at Xc[i*rs + j*cs];
+     * projT, thr, nv as in jr_codes), sums from the same values laid out as rows
+     * Xr[i*ldr + 0:len]. cid[i]: the sub-vector's cluster (-1 if all zero); cnt[k]: members,
+     * cent[k*len ..]: their sum. tab has cap slots (a power of two >= 2 x the pass's
+     * sub-vectors) and gen is this pass's. *nc (clusters so far) and *n_zero (all-zero
+     * sub-vectors) are updated. code: JR_CODE_ROWS scratch. */
+    static void jr_cluster(const float *Xc, int64_t rs, int64_t cs, const float *Xr, int64_t ldr,
+                           int64_t nb, int64_t len, const float *projT, const float *thr, int nv,
+                           jr_slot *tab, int64_t cap, int32_t gen, uint64_t *code, int32_t *cid,
+                           float *cent, int32_t *cnt, int64_t *nc, int64_t *n_zero) {
+        const uint64_t mask = (uint64_t)cap - 1;
+        for (int64_t r0 = 0; r0 < nb; r0 += JR_CODE_ROWS) {
+            const int64_t n = nb - r0 < JR_CODE_ROWS ? nb - r0 : JR_CODE_ROWS;
+            jr_codes(Xc + r0 * rs, rs, cs, projT, thr, nv, n, len, code);
+            for (int64_t i = 0; i < n && i < JR_PREFETCH; i++)
+                __builtin_prefetch(&tab[((code[i] * 0x9E3779B97F4A7C15ull) >> 32) & mask]);
+            for (int64_t i = 0; i < n; i++) {
+                if (i + JR_PREFETCH < n)   /* the table is random access: ask for slots early */
+                    __builtin_prefetch(&tab[((code[i + JR_PREFETCH] * 0x9E3779B97F4A7C15ull) >> 32) & mask]);
+                const float *xr = Xr + (r0 + i) * ldr;
+                if (!jr_nonzero(xr, len)) { cid[r0 + i] = -1; ++*n_zero; continue; }
+                const uint64_t c = code[i];
+                uint64_t s = ((c * 0x9E3779B97F4A7C15ull) >> 32) & mask;
+                while (tab[s].gen == gen && tab[s].key != c) s = (s + 1) & mask;
+                int32_t k;
+                if (tab[s].gen != gen) {
+                    k = (int32_t)(*nc)++;
+                    tab[s].key = c; tab[s].gen = gen; tab[s].id = k;
+                    cnt[k] = 1;
+                    memcpy(cent + (int64_t)k * len, xr, sizeof(float) * (size_t)len);
+                } else {
+                    k = tab[s].id;
+                    cnt[k]++;
+                    jr_add(cent + (int64_t)k * len, xr, len);
+                }
+                cid[r0 + i] = k;
             }
-            const int64_t k = table[s];
-            cid[i] = (int32_t)k;
-            cnt[k]++;
-            float *ck = cent + k * len;
-            for (int64_t j = 0; j < len; j++) ck[j] += xr[j];
         }
-        /* centroid products: prod[k] = mean_k @ W[k0:k1] */
-        for (int64_t k = 0; k < nc; k++)
-            jr_vecmat(cent + k * len, len, 1.0f / (float)cnt[k], W + k0 * M, M, M, prod + k * M);
-        /* reuse: every member row gets its cluster's product */
-        for (int64_t i = 0; i < nb; i++) {
-            if (cid[i] < 0) continue;
-            const float *pk = prod + (int64_t)cid[i] * M;
-            float *yr = Y + (r0 + i) * M;
-            int64_t m = 0;
-            for (; m + 16 <= M; m += 16) jr_store(yr + m, jr_load(yr + m) + jr_load(pk + m));
-            for (; m < M; m++) yr[m] += pk[m];
-        }
-        *n_zero_rows = zeros;
-        return nc;
+    }
+
+    /* slots for nb rows: a power of two >= 2 nb (the table stays at most half full) */
+    static int64_t jr_table_cap(int64_t nb) {
+        int64_t cap = 16;
+        while (cap < 2 * nb) cap <<= 1;
+        return cap;
+    }
+
+    /* Per-thread scratch of a clustering pass over up to `rows` sub-vectors of up to sub_len
+     * values, with products of n floats per cluster (one spare zero row after the last). */
+    typedef struct {
+        uint64_t *code; jr_slot *tab; int64_t cap; int32_t gen;
+        int32_t *cid, *cnt, *nzj; float *cent, *prod, *nzv;
+    } jr_scratch;
+
+    static int jr_scratch_init(jr_scratch *w, int64_t rows, int64_t sub_len, int64_t n) {
+        w->cap = jr_table_cap(rows);
+        w->gen = 0;
+        w->code = (uint64_t *)malloc(sizeof(uint64_t) * JR_CODE_ROWS);
+        w->tab = (jr_slot *)calloc((size_t)w->cap, sizeof(jr_slot));
+        w->cid = (int32_t *)malloc(sizeof(int32_t) * (size_t)rows);
+        w->cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)rows);
+        w->nzj = (int32_t *)malloc(sizeof(int32_t) * (size_t)sub_len);
+        w->nzv = (float *)malloc(sizeof(float) * (size_t)sub_len);
+        w->cent = (float *)malloc(sizeof(float) * (size_t)(rows * sub_len));
+        w->prod = (float *)malloc(sizeof(float) * (size_t)((rows + 1) * n));
+        return w->code && w->tab && w->cid && w->cnt && w->nzj && w->nzv && w->cent && w->prod;
+    }
+
+    static void jr_scratch_free(jr_scratch *w) {
+        free(w->code); free(w->tab); free(w->cid); free(w->cnt); free(w->nzj); free(w->nzv);
+        free(w->cent); free(w->prod);
     }
 
     /* Whole reuse matmul: row blocks in parallel (each owns its rows of Y), positions in
@@ -215,50 +302,160 @@ cdef extern from *:
                                int64_t *zero_rows, int nthreads) {
         const int64_t n_pos = (K + sub_len - 1) / sub_len;
         const int64_t n_blocks = (N + block_rows - 1) / block_rows;
+        const int64_t hp = (int64_t)nv * 16;
         int failed = 0;
         memset(Y, 0, sizeof(float) * (size_t)(N * M));
         #pragma omp parallel num_threads(jr_threads(nthreads)) if (n_blocks > 1)
         {
-            int64_t cap = 16;
-            while (cap < 2 * block_rows) cap <<= 1;
-            uint64_t *code = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)block_rows);
-            uint64_t *key = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)block_rows);
-            int32_t *cid = (int32_t *)malloc(sizeof(int32_t) * (size_t)block_rows);
-            int32_t *table = (int32_t *)malloc(sizeof(int32_t) * (size_t)cap);
-            float *cent = (float *)malloc(sizeof(float) * (size_t)(block_rows * sub_len));
-            int32_t *cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)block_rows);
-            float *prod = (float *)malloc(sizeof(float) * (size_t)(block_rows * M));
-            if (!code || !key || !cid || !table || !cent || !cnt || !prod) {
+            jr_scratch w;
+            if (!jr_scratch_init(&w, block_rows, sub_len, M)) {
                 #pragma omp atomic write
                 failed = 1;
             } else {
                 #pragma omp for schedule(dynamic, 1)
                 for (int64_t b = 0; b < n_blocks; b++) {
                     const int64_t r0 = b * block_rows;
-                    const int64_t r1 = r0 + block_rows < N ? r0 + block_rows : N;
+                    const int64_t nb = r0 + block_rows < N ? block_rows : N - r0;
+                    float *Yb = Y + r0 * M;
                     for (int64_t p = 0; p < n_pos; p++) {
                         const int64_t k0 = p * sub_len;
-                        const int64_t k1 = k0 + sub_len < K ? k0 + sub_len : K;
-                        clusters[b * n_pos + p] = jr_position(X, K, W, M, projT,
-                                                              thr + p * 16 * nv, nv, r0, r1,
-                                                              k0, k1, Y, code, cid, key, table,
-                                                              cap, cent, cnt, prod,
-                                                              &zero_rows[b * n_pos + p]);
+                        const int64_t len = k0 + sub_len < K ? sub_len : K - k0;
+                        int64_t nc = 0;
+                        const float *Xb = X + r0 * K + k0;
+                        jr_cluster(Xb, K, 1, Xb, K, nb, len, projT + k0 * hp, thr + p * hp, nv, w.tab,
+                                   w.cap, ++w.gen, w.code, w.cid, w.cent, w.cnt, &nc,
+                                   &zero_rows[b * n_pos + p]);
+                        clusters[b * n_pos + p] = nc;
+                        jr_products(w.cent, w.cnt, nc, len, W + k0 * M, M, M, w.prod, w.nzv, w.nzj);
+                        /* reuse: every member row gets its cluster's product */
+                        for (int64_t i = 0; i < nb; i++)
+                            if (w.cid[i] >= 0) jr_add(Yb + i * M, w.prod + (int64_t)w.cid[i] * M, M);
                     }
                 }
             }
-            free(code); free(key); free(cid); free(table); free(cent); free(cnt); free(prod);
+            jr_scratch_free(&w);
         }
         return failed;
     }
+
+    /* Lane picks of the two-row shuffles of a 16 x 16 transpose, per stage (d = 8, 4, 2, 1):
+     * [0] takes the first d of each 2d lanes from row i and the next d from row i + d's first
+     * half of that group, [1] the other halves. */
+    static const jr_i16 JR_TRANSPOSE_MASKS[4][2] = {
+        {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}, {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}},
+        {{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}, {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}},
+        {{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}, {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}},
+        {{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}, {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}},
+    };
+
+    /* out[t*C + c] = in[c*px + t]: one image from planar (CHW) to channels-last, in 16 x 16
+     * tiles transposed in registers where both sides are whole tiles. */
+    static void jr_to_channels_last(const float *in, int64_t C, int64_t px, float *out) {
+        if (C % 16 || px % 16) {
+            for (int64_t t = 0; t < px; t++)
+                for (int64_t c = 0; c < C; c++) out[t * C + c] = in[c * px + t];
+            return;
+        }
+        for (int64_t c0 = 0; c0 < C; c0 += 16)
+            for (int64_t t0 = 0; t0 < px; t0 += 16) {
+                jr_v16 r[16];
+                for (int i = 0; i < 16; i++) r[i] = jr_load(in + (c0 + i) * px + t0);
+                /* block-recursive transpose: at distance d = 8, 4, 2, 1, rows i and i + d
+                 * swap their off-diagonal d x d blocks (JR_TRANSPOSE_MASKS) */
+                for (int stage = 0, d = 8; d >= 1; stage++, d >>= 1)
+                    for (int i = 0; i < 16; i++) {
+                        if (i & d) continue;
+                        const jr_v16 a = r[i], b = r[i + d];
+                        r[i] = __builtin_shuffle(a, b, JR_TRANSPOSE_MASKS[stage][0]);
+                        r[i + d] = __builtin_shuffle(a, b, JR_TRANSPOSE_MASKS[stage][1]);
+                    }
+                for (int i = 0; i < 16; i++) jr_store(out + (t0 + i) * C + c0, r[i]);
+            }
+    }
+
+    /* pmap [(Hh + 2 pad) x (Wd + 2 pad)]: for each pixel of one zero-padded image, where its
+     * R*S products start. Padding and all-zero pixels: the zero row. A pixel whose cluster is
+     * shared (cnt >= 2) reads the block's product table at the cluster's slot; a singleton's
+     * product is formed here, into this image's local rows, so that the table holds only
+     * what is reused and the one-off products are read back while still in L1/L2 (over half
+     * the clusters are singletons on noisy inputs). */
+    static void jr_pixel_products(const int32_t *cid, const int32_t *cnt, const int32_t *slot,
+                                  const float *cent, int64_t len, const float *B, int64_t n,
+                                  const float *table, const float *zero_row, int64_t Hh, int64_t Wd,
+                                  int64_t pad, float *local, const float **pmap, float *nzv,
+                                  int32_t *nzj) {
+        const int64_t Wp = Wd + 2 * pad;
+        for (int64_t t = 0; t < (Hh + 2 * pad) * Wp; t++) pmap[t] = zero_row;
+        for (int64_t iy = 0; iy < Hh; iy++)
+            for (int64_t ix = 0; ix < Wd; ix++) {
+                const int64_t t = iy * Wd + ix;
+                const int32_t k = cid[t];
+                const float **p = &pmap[(iy + pad) * Wp + ix + pad];
+                if (k < 0) continue;
+                if (cnt[k] >= 2) { *p = table + (int64_t)slot[k] * n; continue; }
+                jr_product(cent + (int64_t)k * len, 1.0f, len, B, n, n, local + t * n, nzv, nzj);
+                *p = local + t * n;
+            }
+    }
+
+    /* One image's output pixels (NHWC y, M channels): y[o] = base + sum over (r, s) of the
+     * (r, s) product of the input pixel that (r, s) reads (pmap, see jr_pixel_products),
+     * where base is y[o] itself (later channel chunks) or bias / 0 (first chunk: y is
+     * written, not read). Every output reads R*S products (padding reads the zero row): no
+     * branch in the loop. */
+    static void jr_conv_gather(const float *const *pmap, int64_t Wd, int64_t M, int64_t R, int64_t S,
+                               int64_t stride, int64_t pad, int64_t P, int64_t Q, int first,
+                               const float *bias, float *y, const float **src) {
+        const int64_t Wp = Wd + 2 * pad, RS = R * S;
+        for (int64_t oy = 0; oy < P; oy++)
+            for (int64_t ox = 0; ox < Q; ox++) {
+                const float *const *win = pmap + oy * stride * Wp + ox * stride;
+                for (int64_t r = 0; r < R; r++)
+                    for (int64_t s2 = 0; s2 < S; s2++)
+                        src[r * S + s2] = win[r * Wp + s2] + (r * S + s2) * M;
+                float *yr = y + (oy * Q + ox) * M;
+                int64_t m = 0;
+                /* three partial sums per vector: the adds do not wait on each other */
+                for (; m + 32 <= M; m += 32) {
+                    jr_v16 a0, a1;
+                    if (!first) { a0 = jr_load(yr + m); a1 = jr_load(yr + m + 16); }
+                    else if (bias) { a0 = jr_load(bias + m); a1 = jr_load(bias + m + 16); }
+                    else { a0 = (jr_v16){0}; a1 = (jr_v16){0}; }
+                    jr_v16 b0 = {0}, b1 = {0}, c0 = {0}, c1 = {0};
+                    int64_t u = 0;
+                    for (; u + 3 <= RS; u += 3) {
+                        a0 += jr_load(src[u] + m);     a1 += jr_load(src[u] + m + 16);
+                        b0 += jr_load(src[u + 1] + m); b1 += jr_load(src[u + 1] + m + 16);
+                        c0 += jr_load(src[u + 2] + m); c1 += jr_load(src[u + 2] + m + 16);
+                    }
+                    for (; u < RS; u++) {
+                        a0 += jr_load(src[u] + m);
+                        a1 += jr_load(src[u] + m + 16);
+                    }
+                    jr_store(yr + m, a0 + b0 + c0); jr_store(yr + m + 16, a1 + b1 + c1);
+                }
+                for (; m + 16 <= M; m += 16) {
+                    jr_v16 a0 = !first ? jr_load(yr + m) : bias ? jr_load(bias + m) : (jr_v16){0};
+                    for (int64_t u = 0; u < RS; u++) a0 += jr_load(src[u] + m);
+                    jr_store(yr + m, a0);
+                }
+                for (; m < M; m++) {
+                    float a = !first ? yr[m] : bias ? bias[m] : 0.0f;
+                    for (int64_t u = 0; u < RS; u++) a += src[u][m];
+                    yr[m] = a;
+                }
+            }
+    }
+
     /* Conv with reuse shared across kernel offsets. x NCHW [n_img, C, Hh, Wd]. A
      * sub-vector is a chunk of sub_len channels of one input pixel; it is the sub-vector
      * of every im2col row that reads that pixel, so it is hashed and clustered once (per
      * block of images) instead of R*S times. Per chunk g and cluster k the products
-     * cent_k @ W3[c0 .. c0+len] are formed for all (r, s) at once, and each output pixel
+     * mean_k @ W3[c0 .. c0+len] are formed for all (r, s) at once, and each output pixel
      * adds, per (r, s), the product of the cluster its input pixel is in.
      * W3 [C, R*S*M]: W3[c][(r*S + s)*M + m] = weight[m, c, r, s]. bias [M] or NULL.
-     * y NCHW [n_img, M, P, Q] (fully written). Layout changes happen per block, in cache.
+     * y NHWC [n_img, P, Q, M] (fully written). A chunk's planes of one image are turned
+     * channels-last and clustered while they sit in L1.
      * clusters / zero_px [n_blocks, n_chunks]. Returns nonzero on allocation failure. */
     static int jr_reuse_conv(const float *x, int64_t n_img, int64_t Hh, int64_t Wd, int64_t C,
                              const float *projT, const float *thr, int nv, int64_t sub_len,
@@ -268,122 +465,65 @@ cdef extern from *:
                              int nthreads) {
         const int64_t n_chunks = (C + sub_len - 1) / sub_len;
         const int64_t n_blocks = (n_img + block_imgs - 1) / block_imgs;
-        const int64_t px_img = Hh * Wd, out_img = P * Q, RS = R * S;
+        const int64_t px_img = Hh * Wd, out_img = P * Q, RS = R * S, hp = (int64_t)nv * 16;
         const int64_t cap_px = block_imgs * px_img;
+        const int64_t Hp = Hh + 2 * pad, Wp = Wd + 2 * pad, n = RS * M;
         int failed = 0;
         #pragma omp parallel num_threads(jr_threads(nthreads)) if (n_blocks > 1)
         {
-            int64_t cap = 16;
-            while (cap < 2 * cap_px) cap <<= 1;
-            uint64_t *code = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)cap_px);
-            uint64_t *key = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)cap_px);
-            int32_t *cid = (int32_t *)malloc(sizeof(int32_t) * (size_t)cap_px);
-            int32_t *table = (int32_t *)malloc(sizeof(int32_t) * (size_t)cap);
-            float *cent = (float *)malloc(sizeof(float) * (size_t)(cap_px * sub_len));
-            int32_t *cnt = (int32_t *)malloc(sizeof(int32_t) * (size_t)cap_px);
-            float *prod = (float *)malloc(sizeof(float) * (size_t)(cap_px * RS * M));
-            float *xs = (float *)malloc(sizeof(float) * (size_t)(cap_px * C));     /* NHWC */
+            jr_scratch w;
+            float *xs = (float *)malloc(sizeof(float) * (size_t)(px_img * sub_len));
+            float *local = (float *)malloc(sizeof(float) * (size_t)(px_img * n));
+            float *zero_row = (float *)calloc((size_t)n, sizeof(float));
+            int32_t *slot = (int32_t *)malloc(sizeof(int32_t) * (size_t)cap_px);
+            const float **pmap = (const float **)malloc(sizeof(float *) * (size_t)(Hp * Wp));
             const float **src = (const float **)malloc(sizeof(float *) * (size_t)RS);
-            if (!code || !key || !cid || !table || !cent || !cnt || !prod || !xs || !src) {
+            if (!jr_scratch_init(&w, cap_px, sub_len, n) || !xs || !local || !zero_row || !slot
+                    || !pmap || !src) {
                 #pragma omp atomic write
                 failed = 1;
             } else {
                 #pragma omp for schedule(dynamic, 1)
                 for (int64_t b = 0; b < n_blocks; b++) {
                     const int64_t i0 = b * block_imgs;
-                    const int64_t i1 = i0 + block_imgs < n_img ? i0 + block_imgs : n_img;
-                    const int64_t nb = (i1 - i0) * px_img, nout = (i1 - i0) * out_img;
-                    /* NCHW -> channels-last, one image at a time (its planes sit in cache) */
-                    for (int64_t im = i0; im < i1; im++) {
-                        const float *xi = x + im * C * px_img;
-                        float *xo = xs + (im - i0) * px_img * C;
-                        for (int64_t t = 0; t < px_img; t++)
-                            for (int64_t c = 0; c < C; c++) xo[t * C + c] = xi[c * px_img + t];
-                    }
-                    float *ys = y + i0 * out_img * M;      /* this block's rows of y (NHWC) */
-                    for (int64_t o = 0; o < nout; o++)
-                        for (int64_t m = 0; m < M; m++) ys[o * M + m] = bias ? bias[m] : 0.0f;
+                    const int64_t ni = i0 + block_imgs < n_img ? block_imgs : n_img - i0;
                     for (int64_t g = 0; g < n_chunks; g++) {
                         const int64_t c0 = g * sub_len;
                         const int64_t len = c0 + sub_len < C ? sub_len : C - c0;
-                        int64_t nc = 0, zeros = 0;
-                        jr_codes(xs, C, projT, thr + g * 16 * nv, nv, 0, nb, c0, len, code);
-                        for (int64_t t = 0; t < cap; t++) table[t] = -1;
-                        for (int64_t i = 0; i < nb; i++) {
-                            const float *xr = xs + i * C + c0;
-                            int nz = 0;
-                            for (int64_t j = 0; j < len; j++) nz |= xr[j] != 0.0f;
-                            if (!nz) { cid[i] = -1; zeros++; continue; }
-                            const uint64_t c = code[i];
-                            int64_t t = (int64_t)((c * 0x9E3779B97F4A7C15ull) >> 40) & (cap - 1);
-                            while (table[t] >= 0 && key[table[t]] != c) t = (t + 1) & (cap - 1);
-                            if (table[t] < 0) {
-                                table[t] = (int32_t)nc;
-                                key[nc] = c;
-                                cnt[nc] = 0;
-                                memset(cent + nc * len, 0, sizeof(float) * (size_t)len);
-                                nc++;
-                            }
-                            const int64_t k = table[t];
-                            cid[i] = (int32_t)k;
-                            cnt[k]++;
-                            float *ck = cent + k * len;
-                            for (int64_t j = 0; j < len; j++) ck[j] += xr[j];
-                        }
-                        /* prod[k*RS*M + rs*M + m] = mean_k @ W3[c0 .. c0+len] (all (r, s)) */
-                        for (int64_t k = 0; k < nc; k++)
-                            jr_vecmat(cent + k * len, len, 1.0f / (float)cnt[k], W3 + c0 * RS * M,
-                                      RS * M, RS * M, prod + k * RS * M);
-                        /* each output pixel sums, in registers, the products of what it reads */
-                        for (int64_t o = 0; o < nout; o++) {
-                            const int64_t im = o / out_img, oy = (o % out_img) / Q, ox = o % Q;
-                            int ns = 0;
-                            for (int64_t r = 0; r < R; r++) {
-                                const int64_t iy = oy * stride + r - pad;
-                                if (iy < 0 || iy >= Hh) continue;
-                                for (int64_t s2 = 0; s2 < S; s2++) {
-                                    const int64_t ix = ox * stride + s2 - pad;
-                                    if (ix < 0 || ix >= Wd) continue;
-                                    const int32_t k = cid[im * px_img + iy * Wd + ix];
-                                    if (k >= 0) src[ns++] = prod + ((int64_t)k * RS + r * S + s2) * M;
-                                }
-                            }
-                            float *yr = ys + o * M;
-                            int64_t m = 0;
-                            /* three partial sums per vector: the adds do not wait on each other */
-                            for (; m + 32 <= M; m += 32) {
-                                jr_v16 a0 = jr_load(yr + m), a1 = jr_load(yr + m + 16);
-                                jr_v16 b0 = {0}, b1 = {0}, c0 = {0}, c1 = {0};
-                                int u = 0;
-                                for (; u + 3 <= ns; u += 3) {
-                                    a0 += jr_load(src[u] + m);     a1 += jr_load(src[u] + m + 16);
-                                    b0 += jr_load(src[u + 1] + m); b1 += jr_load(src[u + 1] + m + 16);
-                                    c0 += jr_load(src[u + 2] + m); c1 += jr_load(src[u + 2] + m + 16);
-                                }
-                                for (; u < ns; u++) {
-                                    a0 += jr_load(src[u] + m);
-                                    a1 += jr_load(src[u] + m + 16);
-                                }
-                                jr_store(yr + m, a0 + b0 + c0); jr_store(yr + m + 16, a1 + b1 + c1);
-                            }
-                            for (; m + 16 <= M; m += 16) {
-                                jr_v16 a0 = jr_load(yr + m);
-                                for (int u = 0; u < ns; u++) a0 += jr_load(src[u] + m);
-                                jr_store(yr + m, a0);
-                            }
-                            for (; m < M; m++) {
-                                float a = yr[m];
-                                for (int u = 0; u < ns; u++) a += src[u][m];
-                                yr[m] = a;
-                            }
+                        const float *B = W3 + c0 * n;
+                        int64_t nc = 0, n_shared = 0;
+                        ++w.gen;
+                        for (int64_t im = 0; im < ni; im++) {
+                            const float *planes = x + ((i0 + im) * C + c0) * px_img;
+                            jr_to_channels_last(planes, len, px_img, xs);
+                            /* codes straight from the planes (xs was just stored: its values
+                             * would not forward to the scalar loads), sums from xs */
+                            jr_cluster(planes, 1, px_img, xs, len, px_img, len, projT + c0 * hp,
+                                       thr + g * hp, nv, w.tab, w.cap, w.gen, w.code,
+                                       w.cid + im * px_img, w.cent, w.cnt, &nc,
+                                       &zero_px[b * n_chunks + g]);
                         }
                         clusters[b * n_chunks + g] = nc;
-                        zero_px[b * n_chunks + g] = zeros;
+                        /* the table: prod[slot*n + rs*M + m] = mean @ W3[c0 .. c0+len] (all
+                         * (r, s)) for the clusters that are reused */
+                        for (int64_t k = 0; k < nc; k++) {
+                            if (w.cnt[k] < 2) continue;
+                            slot[k] = (int32_t)n_shared;
+                            jr_product(w.cent + k * len, 1.0f / (float)w.cnt[k], len, B, n, n,
+                                       w.prod + n_shared++ * n, w.nzv, w.nzj);
+                        }
+                        for (int64_t im = 0; im < ni; im++) {
+                            jr_pixel_products(w.cid + im * px_img, w.cnt, slot, w.cent, len, B, n,
+                                              w.prod, zero_row, Hh, Wd, pad, local, pmap, w.nzv,
+                                              w.nzj);
+                            jr_conv_gather(pmap, Wd, M, R, S, stride, pad, P, Q, g == 0, bias,
+                                           y + (i0 + im) * out_img * M, src);
+                        }
                     }
                 }
             }
-            free(code); free(key); free(cid); free(table); free(cent); free(cnt); free(prod);
-            free(xs); free((void *)src);
+            jr_scratch_free(&w);
+            free(xs); free(local); free(zero_row); free(slot); free((void *)pmap); free((void *)src);
         }
         return failed;
     }
