@@ -158,45 +158,46 @@ cdef extern from *:
      * projT [len, nv*16]: each value's projection coefficients, zero-padded to whole vectors;
      * thr [nv*16]: the thresholds (0 for plain sign hashing; padded lanes must have thr 0,
      * so they add no bit). The values are broadcast one at a time, so any stride is as cheap
-     * as unit stride. */
+     * as unit stride. ROWS sub-vectors at a time (a GEMM micro-kernel, ROWS x NV accumulators):
+     * each projection load feeds ROWS independent FMA chains, so the FMAs do not wait on each
+     * other. */
+    #define JR_CODES(ROWS, NV) \
+        static int64_t jr_codes_##ROWS##x##NV(const float *X, int64_t rs, int64_t cs, \
+                                              const float *projT, const float *thr, int64_t nb, \
+                                              int64_t len, uint64_t *code) { \
+            int64_t i0 = 0; \
+            for (; i0 + ROWS <= nb; i0 += ROWS) { \
+                const float *xs = X + i0 * rs; \
+                jr_v16 a[ROWS][NV]; \
+                for (int u = 0; u < ROWS; u++) \
+                    for (int v = 0; v < NV; v++) a[u][v] = -jr_load(thr + 16 * v); \
+                for (int64_t j = 0; j < len; j++) { \
+                    jr_v16 p[NV]; \
+                    for (int v = 0; v < NV; v++) p[v] = jr_load(projT + j * NV * 16 + 16 * v); \
+                    for (int u = 0; u < ROWS; u++) { \
+                        const float x = xs[u * rs + j * cs]; \
+                        for (int v = 0; v < NV; v++) a[u][v] += x * p[v]; \
+                    } \
+                } \
+                for (int u = 0; u < ROWS; u++) { \
+                    uint64_t c = 0; \
+                    for (int v = 0; v < NV; v++) c |= jr_signbits(a[u][v]) << (16 * v); \
+                    code[i0 + u] = c; \
+                } \
+            } \
+            return i0; \
+        }
+    JR_CODES(8, 1) JR_CODES(4, 2) JR_CODES(3, 3) JR_CODES(2, 4)
+    #undef JR_CODES
+
     static void jr_codes(const float *X, int64_t rs, int64_t cs, const float *projT, const float *thr,
                          int nv, int64_t nb, int64_t len, uint64_t *code) {
         const int64_t hp = (int64_t)nv * 16;
-        const jr_v16 t0 = jr_load(thr);
-        int64_t i0 = 0;
-        if (nv == 1) {
-            /* eight rows at a time (a GEMM micro-kernel): each projection load feeds eight
-             * independent FMA chains, so the FMAs are not waiting on each other */
-            for (; i0 + 8 <= nb; i0 += 8) {
-                const float *xs = X + i0 * rs;
-                jr_v16 a[8];
-                for (int u = 0; u < 8; u++) a[u] = -t0;
-                for (int64_t j = 0; j < len; j++) {
-                    const jr_v16 p = jr_load(projT + j * hp);
-                    for (int u = 0; u < 8; u++) a[u] += xs[u * rs + j * cs] * p;
-                }
-                for (int u = 0; u < 8; u++) code[i0 + u] = jr_signbits(a[u]);
-            }
-        } else if (nv == 2) {
-            /* 17..32 hashes: four rows x two vectors of accumulators */
-            const jr_v16 t1 = jr_load(thr + 16);
-            for (; i0 + 4 <= nb; i0 += 4) {
-                const float *xs = X + i0 * rs;
-                jr_v16 a[4], b[4];
-                for (int u = 0; u < 4; u++) { a[u] = -t0; b[u] = -t1; }
-                for (int64_t j = 0; j < len; j++) {
-                    const jr_v16 p = jr_load(projT + j * hp);
-                    const jr_v16 q = jr_load(projT + j * hp + 16);
-                    for (int u = 0; u < 4; u++) {
-                        const float v = xs[u * rs + j * cs];
-                        a[u] += v * p;
-                        b[u] += v * q;
-                    }
-                }
-                for (int u = 0; u < 4; u++) code[i0 + u] = jr_signbits(a[u]) | jr_signbits(b[u]) << 16;
-            }
-        }
-        for (int64_t i = i0; i < nb; i++) {       /* rows left over, and 33..64 hashes */
+        int64_t i0 = nv == 1 ? jr_codes_8x1(X, rs, cs, projT, thr, nb, len, code)
+                   : nv == 2 ? jr_codes_4x2(X, rs, cs, projT, thr, nb, len, code)
+                   : nv == 3 ? jr_codes_3x3(X, rs, cs, projT, thr, nb, len, code)
+                   : jr_codes_2x4(X, rs, cs, projT, thr, nb, len, code);
+        for (int64_t i = i0; i < nb; i++) {       /* rows left over */
             const float *x0 = X + i * rs;
             jr_v16 a[4];
             for (int v = 0; v < nv; v++) a[v] = -jr_load(thr + 16 * v);

@@ -54,9 +54,44 @@ class ReuseStats:
         return self.macs_dense / max(self.macs_executed, 1)
 
 
-def projections(K: int, n_hashes: int, seed: int) -> np.ndarray:
-    """[K, n_hashes] float32 Gaussian projections; rows k0..k1 serve the sub-vector there."""
-    return np.random.default_rng(seed).standard_normal((K, n_hashes)).astype(np.float32)
+METRICS = ("input", "output")
+
+
+def projections(K: int, n_hashes: int, seed: int, weight: np.ndarray | None = None,
+                sub_len: int | None = None) -> np.ndarray:
+    """[K, n_hashes] float32 projections; rows k0..k1 serve the sub-vector there.
+
+    weight None: Gaussian N(0, I) hyperplanes (Ning & Shen), hashing the distance ||x - y||.
+    weight [K, n] (what the sub-vectors multiply: W of X @ W, or a conv's weight as
+    [C, R*S*M]) with sub_len: the output metric. Per sub-vector position, proj =
+    weight[k0:k1] @ G / sqrt(n) with G ~ N(0, I): hyperplanes Gaussian with covariance
+    W W^T, so that the hashes split by ||(x - y) W||, the error a shared product makes,
+    and spend no bits on directions W hardly sees.
+    """
+    rng = np.random.default_rng(seed)
+    if weight is None:
+        return rng.standard_normal((K, n_hashes)).astype(np.float32)
+    if not isinstance(weight, np.ndarray) or weight.ndim != 2 or weight.shape[0] != K:
+        raise ValueError(f"weight must be [{K}, n], got {getattr(weight, 'shape', type(weight).__name__)}")
+    if sub_len is None or not 1 <= sub_len <= K:
+        raise ValueError(f"sub_len must be in 1..{K} with a weight, got {sub_len}")
+    w = weight.astype(np.float64)
+    out = np.empty((K, n_hashes), np.float32)
+    for k0 in range(0, K, sub_len):
+        g = rng.standard_normal((w.shape[1], n_hashes))
+        out[k0:k0 + sub_len] = w[k0:k0 + sub_len] @ g / np.sqrt(max(w.shape[1], 1))
+    return out
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+
+
+def conv_weight_rows(weight: np.ndarray) -> np.ndarray:
+    """A conv weight [M, C, R, S] as [C, R*S*M]: the rows a pixel's channels multiply."""
+    M, C, R, S = weight.shape
+    return np.ascontiguousarray(weight.transpose(1, 2, 3, 0)).reshape(C, R * S * M)
 
 
 CALIB_ROWS = 1024
@@ -99,28 +134,37 @@ def _pixel_sample(x: np.ndarray, seed: int) -> np.ndarray:
     return x[n_i, :, rest // Wd, rest % Wd]
 
 
-def conv_thresholds(x_calib: np.ndarray, sub_len: int, n_hashes: int, seed: int = 0) -> np.ndarray:
+def conv_thresholds(x_calib: np.ndarray, sub_len: int, n_hashes: int, seed: int = 0, *,
+                    weight: np.ndarray | None = None) -> np.ndarray:
     """Centred thresholds [n_chunks, n_hashes] for reuse_conv2d(share="pixel"), calibrated
-    once on NCHW inputs x_calib (what centered=True computes on every call's own input)."""
+    once on NCHW inputs x_calib (what centered=True computes on every call's own input).
+    weight [M, C, R, S]: for reuse_conv2d(metric="output", same weight and seed)."""
     if not isinstance(x_calib, np.ndarray) or x_calib.ndim != 4 or x_calib.shape[0] == 0:
         raise ValueError("x_calib must be a non-empty 4-D NCHW numpy.ndarray")
     C = x_calib.shape[1]
     if not 1 <= sub_len <= C or not 1 <= n_hashes <= MAX_HASHES:
         raise ValueError(f"sub_len must be in 1..{C} and n_hashes in 1..{MAX_HASHES}, got {sub_len}, {n_hashes}")
+    if weight is not None and (not isinstance(weight, np.ndarray) or weight.ndim != 4 or weight.shape[1] != C):
+        raise ValueError(f"weight must be [M, {C}, R, S], got {getattr(weight, 'shape', type(weight).__name__)}")
+    rows = None if weight is None else conv_weight_rows(weight)
     return centered_thresholds(_pixel_sample(x_calib.astype(np.float32, copy=False), seed),
-                               projections(C, n_hashes, seed), sub_len, seed)
+                               projections(C, n_hashes, seed, rows, sub_len), sub_len, seed)
 
 
 def reuse_matmul(X: np.ndarray, W: np.ndarray, sub_len: int, n_hashes: int, seed: int = 0, *,
                  block_rows: int = DEFAULT_BLOCK_ROWS, centered: bool = False,
-                 compute_error: bool = True, num_threads: int = 0) -> tuple[np.ndarray, ReuseStats]:
+                 metric: str = "input", compute_error: bool = True,
+                 num_threads: int = 0) -> tuple[np.ndarray, ReuseStats]:
     """Y ~= X @ W by clustering the sub-vectors of X's rows. X [N, K], W [K, M] float32.
 
     Rows are clustered within blocks of block_rows rows (the blocks run in parallel).
     centered=False: bit = sign of a random projection (Ning & Shen); True: thresholds from
     centered_thresholds on up to CALIB_ROWS rows of X (magnitude-aware clusters).
+    metric "input": Gaussian hyperplanes; "output": hyperplanes drawn through W (see
+    projections), so clusters are tight where it matters for X @ W.
     compute_error=True also computes the exact X @ W for stats.relative_error.
     """
+    _check_metric(metric)
     if not isinstance(sub_len, (int, np.integer)) or not isinstance(n_hashes, (int, np.integer)):
         raise TypeError(f"sub_len and n_hashes must be integers, got {sub_len!r}, {n_hashes!r}")
     if not 1 <= n_hashes <= MAX_HASHES:
@@ -132,7 +176,10 @@ def reuse_matmul(X: np.ndarray, W: np.ndarray, sub_len: int, n_hashes: int, seed
                          f"{getattr(W, 'shape', type(W).__name__)}")
     N, K = X.shape
     M = W.shape[1]
-    proj = projections(K, int(n_hashes), seed)
+    if metric == "output" and not (isinstance(sub_len, (int, np.integer)) and 1 <= sub_len <= K):
+        raise ValueError(f"sub_len must be in 1..{K} (the columns of X), got {sub_len}")
+    proj = projections(K, int(n_hashes), seed, W if metric == "output" else None,
+                       int(sub_len) if metric == "output" else None)
     thr = None
     if centered and N and 1 <= sub_len <= K:
         thr = centered_thresholds(_calib_rows(X, seed), proj, int(sub_len), seed)
@@ -178,7 +225,7 @@ def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
                  stride: int = 1, pad: int = 0, sub_len: int = 16, n_hashes: int = 8,
                  seed: int = 0, share: str = "pixel", block_rows: int = DEFAULT_BLOCK_ROWS,
                  centered: bool = False, thresholds: np.ndarray | None = None,
-                 compute_error: bool = True,
+                 metric: str = "input", compute_error: bool = True,
                  num_threads: int = 0) -> tuple[np.ndarray, ReuseStats]:
     """Conv2d (NCHW, groups=1) with deep reuse. weight [M, C, R, S] float32.
 
@@ -193,8 +240,12 @@ def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
     sub_len consecutive columns, clustered per im2col position.
     centered: hash thresholds through the data's centre (see centered_thresholds), computed
     on this call's x; thresholds: precomputed ones instead (share="pixel" only, e.g. from
-    conv_thresholds on calibration data), [n_chunks, n_hashes].
+    conv_thresholds on calibration data, with the same weight for metric="output"),
+    [n_chunks, n_hashes].
+    metric "input": Gaussian hyperplanes (Ning & Shen); "output": hyperplanes drawn through
+    the weight (see projections): at the same cluster ratio, a lower output error.
     """
+    _check_metric(metric)
     if share not in ("pixel", "im2col"):
         raise ValueError(f"share must be 'pixel' or 'im2col', got {share!r}")
     if not isinstance(weight, np.ndarray) or weight.ndim != 4:
@@ -213,14 +264,17 @@ def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
         cols, P, Q = im2col(x, R, S, stride, pad)
         Wm = np.ascontiguousarray(weight.reshape(M, C * R * S).T)
         Y, stats = reuse_matmul(cols, Wm, sub_len, n_hashes, seed, block_rows=block_rows,
-                                centered=centered, compute_error=compute_error,
+                                centered=centered, metric=metric, compute_error=compute_error,
                                 num_threads=num_threads)
     else:
         N, _, H, Wd = x.shape
-        proj = projections(C, int(n_hashes), seed)
+        if not isinstance(sub_len, (int, np.integer)) or not 1 <= sub_len <= C:
+            raise ValueError(f"sub_len must be in 1..{C} (the input channels), got {sub_len!r}")
+        proj = projections(C, int(n_hashes), seed,
+                           conv_weight_rows(weight) if metric == "output" else None, int(sub_len))
         block_imgs = max(1, block_rows // max(H * Wd, 1))
         thr = thresholds
-        if thr is None and centered and N and isinstance(sub_len, (int, np.integer)) and 1 <= sub_len <= C:
+        if thr is None and centered and N:
             thr = centered_thresholds(_pixel_sample(x, seed), proj, int(sub_len), seed)
         y, clusters, zeros = reuse_conv_kernel(
             x, weight, proj, int(sub_len), int(stride), int(pad), block_imgs, int(num_threads),

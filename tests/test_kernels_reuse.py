@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from kernels._reuse import reuse_matmul_kernel
-from kernels.reuse import (ReuseSchedule, conv_thresholds, im2col, projections, reuse_conv2d,
-                           reuse_matmul)
+from kernels.reuse import (ReuseSchedule, conv_thresholds, conv_weight_rows, im2col, projections,
+                           reuse_conv2d, reuse_matmul)
 
 
 def ref_reuse(X, W, proj, sub_len, block_rows):
@@ -139,9 +139,10 @@ def test_conv_helper_matches_naive_conv(stride, pad):
     assert st2.cluster_ratio < st.cluster_ratio and st2.relative_error > st.relative_error
 
 
-def ref_pixel_reuse(x, w, proj, sub_len, block_imgs, stride, pad):
+def ref_pixel_reuse(x, w, proj, sub_len, block_imgs, stride, pad, clusters=None):
     """Reuse shared across kernel offsets = an exact conv of x with every pixel's channel
-    chunk replaced by the mean of its cluster (clusters per block of images and chunk)."""
+    chunk replaced by the mean of its cluster (clusters per block of images and chunk).
+    clusters: a list that gets each (block, chunk)'s nonzero cluster sizes."""
     N, C, H, Wd = x.shape
     xh = x.astype(np.float64).transpose(0, 2, 3, 1).copy()          # NHWC
     for i0 in range(0, N, block_imgs):
@@ -155,26 +156,57 @@ def ref_pixel_reuse(x, w, proj, sub_len, block_imgs, stride, pad):
                 groups.setdefault(keys[i].tobytes(), []).append(i)
             for rows in groups.values():
                 px[rows] = px[rows].mean(axis=0)
+            if clusters is not None:
+                clusters.append(sorted(len(r) for r in groups.values()))
             xh[i0:i0 + block_imgs, :, :, c] = px.reshape(xh[i0:i0 + block_imgs, :, :, c].shape)
     return _naive_conv(xh.transpose(0, 3, 1, 2), w.astype(np.float64), np.zeros(len(w)), stride, pad)
 
 
-@pytest.mark.parametrize("C,sub_len,H,stride,pad,block_rows", [
-    (6, 4, 5, 1, 1, 100), (16, 16, 8, 2, 0, 4096), (3, 1, 2, 1, 2, 30), (8, 8, 20, 1, 1, 60)])
-def test_pixel_shared_conv_matches_reference(C, sub_len, H, stride, pad, block_rows):
+@pytest.mark.parametrize("C,sub_len,H,stride,pad,block_rows,metric", [
+    (6, 4, 5, 1, 1, 100, "input"), (16, 16, 8, 2, 0, 4096, "input"), (3, 1, 2, 1, 2, 30, "input"),
+    (8, 8, 20, 1, 1, 60, "input"),
+    (16, 16, 40, 1, 1, 90, "input"),    # 33..48 hashes: three vectors per code
+    (32, 16, 60, 2, 1, 60, "input"),    # 49..64 hashes, two chunks, whole 16 x 16 transposes
+    (16, 8, 12, 1, 1, 4096, "output"), (6, 4, 36, 1, 0, 60, "output")])
+def test_pixel_shared_conv_matches_reference(C, sub_len, H, stride, pad, block_rows, metric):
     rng = np.random.default_rng(C + H)
     x = rng.integers(0, 3, (5, C, 6, 5)).astype(np.float32)       # repeats and zero chunks
     w = rng.standard_normal((7, C, 3, 3)).astype(np.float32)
     y, st = reuse_conv2d(x, w, None, stride=stride, pad=pad, sub_len=sub_len, n_hashes=H,
-                         seed=4, block_rows=block_rows)
+                         seed=4, block_rows=block_rows, metric=metric)
     block_imgs = max(1, block_rows // 30)
-    ref = ref_pixel_reuse(x, w, projections(C, H, 4), sub_len, block_imgs, stride, pad)
+    rows = conv_weight_rows(w) if metric == "output" else None
+    ref = ref_pixel_reuse(x, w, projections(C, H, 4, rows, sub_len), sub_len, block_imgs, stride,
+                          pad)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
     n_chunks = -(-C // sub_len)
     assert st.macs_hash == 5 * 30 * C * H
     assert st.macs_dense == y.shape[0] * y.shape[2] * y.shape[3] * C * 9 * 7
     assert 0 < st.cluster_ratio <= 1 and 0 <= st.zero_fraction <= 1
     assert st.macs_product <= 5 * 30 * n_chunks * sub_len * 9 * 7
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 1), (2, 1), (1, 0)])
+def test_singleton_and_shared_clusters_together(stride, pad):
+    """Singleton clusters' products are formed per image, shared ones in the block's table:
+    a mix of both (and all-zero pixels) against the reference, cluster sizes included."""
+    rng = np.random.default_rng(30 + stride + pad)
+    x = rng.standard_normal((6, 16, 5, 7)).astype(np.float32)        # all distinct ...
+    common = rng.standard_normal((3, 16)).astype(np.float32)
+    pick = rng.random((6, 5, 7)) < 0.5                                 # ... but half repeat
+    x.transpose(0, 2, 3, 1)[pick] = common[rng.integers(0, 3, pick.sum())]
+    x[:, :, 0, 0] = 0                                                  # zero pixels
+    w = rng.standard_normal((20, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    y, st = reuse_conv2d(x, w, b, stride=stride, pad=pad, sub_len=16, n_hashes=48, seed=1,
+                         block_rows=70)                                # blocks of 2 images
+    sizes = []
+    ref = ref_pixel_reuse(x, w, projections(16, 48, 1), 16, 2, stride, pad, sizes)
+    np.testing.assert_allclose(y, ref + b[None, :, None, None], rtol=1e-4, atol=1e-4)
+    flat = [n for s in sizes for n in s]
+    assert 1 in flat and max(flat) > 10
+    assert st.relative_error < 1e-5 and st.zero_fraction == pytest.approx(1 / 35)
+    assert st.cluster_ratio == pytest.approx((len(flat) + len(sizes)) / (6 * 35))
 
 
 def test_pixel_shared_conv_is_exact_with_fine_hashes():
@@ -188,6 +220,65 @@ def test_pixel_shared_conv_is_exact_with_fine_hashes():
     # shared hashing costs R*S times less than hashing every im2col row
     st_im = reuse_conv2d(x, w, b, stride=1, pad=1, sub_len=8, n_hashes=64, share="im2col")[1]
     assert st_im.macs_hash == 9 * st.macs_hash
+
+
+def test_output_metric_ignores_what_the_weight_does_not_see():
+    """Channels with zero weight do not change the output: hashing in the output metric
+    merges pixels that differ only there (exact result, few clusters); the input metric
+    splits them by that noise."""
+    rng = np.random.default_rng(21)
+    seen = rng.integers(0, 2, (60, 4, 5, 5)).astype(np.float32)    # 16 patterns on 4 channels
+    x = np.concatenate([seen, rng.standard_normal((60, 4, 5, 5)).astype(np.float32)], axis=1)
+    w = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
+    w[:, 4:] = 0                                                    # channels 4..7 unseen
+    out = reuse_conv2d(x, w, sub_len=8, n_hashes=24, pad=1, block_rows=1 << 14, metric="output")[1]
+    inp = reuse_conv2d(x, w, sub_len=8, n_hashes=24, pad=1, block_rows=1 << 14, metric="input")[1]
+    assert out.relative_error < 1e-5 and out.cluster_ratio <= 16 / (60 * 25)
+    assert inp.cluster_ratio > 0.5 and inp.relative_error > 0.05
+    # the matmul: the same metric
+    X = np.concatenate([rng.integers(0, 2, (500, 4)), rng.standard_normal((500, 4))], axis=1)
+    W = rng.standard_normal((8, 5))
+    W[4:] = 0
+    X, W = X.astype(np.float32), W.astype(np.float32)
+    mm = reuse_matmul(X, W, 8, 24, metric="output")[1]
+    assert mm.relative_error < 1e-5 and mm.cluster_ratio <= 16 / 500
+    assert reuse_matmul(X, W, 8, 24)[1].cluster_ratio > 0.5
+    with pytest.raises(ValueError, match="metric"):
+        reuse_conv2d(x, w, sub_len=8, metric="l2")
+    with pytest.raises(ValueError, match="metric"):
+        reuse_matmul(np.ones((3, 4), np.float32), np.ones((4, 2), np.float32), 2, 2, metric="")
+
+
+def test_output_metric_projections_are_the_weight_times_gaussians():
+    rng = np.random.default_rng(5)
+    Wk = rng.standard_normal((10, 7))
+    proj = projections(10, 6, 3, Wk, 4)
+    g = np.random.default_rng(3)
+    ref = np.concatenate([Wk[k0:k0 + 4] @ g.standard_normal((7, 6)) / np.sqrt(7) for k0 in (0, 4, 8)])
+    np.testing.assert_allclose(proj, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(projections(10, 6, 3), np.random.default_rng(3).standard_normal((10, 6)).astype(np.float32))
+    with pytest.raises(ValueError, match="weight"):
+        projections(10, 6, 3, Wk[:5], 4)
+    with pytest.raises(ValueError, match="sub_len"):
+        projections(10, 6, 3, Wk)
+    x = rng.random((4, 10, 3, 3)).astype(np.float32)
+    w = rng.standard_normal((5, 10, 3, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="weight"):
+        conv_thresholds(x, 4, 6, weight=w[:, :3])
+    thr = conv_thresholds(x, 4, 6, seed=2, weight=w)
+    assert thr.shape == (3, 6) and np.isfinite(thr).all()
+    assert not np.allclose(thr, conv_thresholds(x, 4, 6, seed=2))
+
+
+def test_nan_in_a_pixel_reaches_the_outputs_that_read_it():
+    x = np.ones((2, 16, 4, 4), np.float32)
+    x[1, 3, 2, 2] = np.nan
+    w = np.ones((32, 16, 3, 3), np.float32)
+    y = reuse_conv2d(x, w, sub_len=16, n_hashes=8, pad=1, compute_error=False)[0]
+    reads = np.zeros((4, 4), bool)
+    reads[1:4, 1:4] = True                  # the 3x3 outputs around pixel (2, 2)
+    assert np.isnan(y[1][:, reads]).all() and np.isfinite(y[1][:, ~reads]).all()
+    assert np.isfinite(y[0]).all()
 
 
 def test_centred_thresholds_split_by_magnitude():
