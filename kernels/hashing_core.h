@@ -42,10 +42,21 @@ typedef float jc_v16 __attribute__((vector_size(64), aligned(4)));
 
 static inline jc_v16 jc_load(const float *p) { jc_v16 v; memcpy(&v, p, sizeof v); return v; }
 
+typedef int32_t jc_i16 __attribute__((vector_size(64)));
+
+#if defined(__clang__)
+#define JC_SHUFFLE(v, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
+#else
+#define JC_SHUFFLE(v, ...) __builtin_shuffle(v, (jc_i16){__VA_ARGS__})
+#endif
+
+/* Sum of the 16 lanes by halving (4 shuffles and adds, not 15 dependent scalar adds). */
 static inline float jc_hsum(jc_v16 v) {
-    float s = 0.0f;
-    for (int i = 0; i < 16; i++) s += v[i];
-    return s;
+    v += JC_SHUFFLE(v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    v += JC_SHUFFLE(v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    v += JC_SHUFFLE(v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    v += JC_SHUFFLE(v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    return v[0];
 }
 
 /* Two accumulators so consecutive FMAs do not wait on each other. */
@@ -83,86 +94,94 @@ static inline void jc_dot4(const float *w, const float *x0, const float *x1, con
 
 /* ---------------------------------------------------------------- hash codes */
 
-/* SimHash: bit k of table l is sign(x . proj[:, l*K + k]) > 0. proj is [d, P] row-major
- * (P = L*K, entries -1/0/+1). The sum over j runs in a fixed order for every row, so a
- * row gets the same code whether it is hashed alone or in a batch. */
-static void jc_simhash(const float *x, int64_t n, int64_t d, const float *proj,
+/* SimHash of one row: bit k of table l is sign(x . proj[:, l*K + k]) > 0. proj is [d, P]
+ * int8 row-major (P = L*K, entries -1/0/+1; a quarter of the bytes of float projections,
+ * so a cold call reads less). acc is [P] scratch. The sum over j runs in a fixed order, and
+ * every caller (batch hashing, the fused forward) uses this function, so a row gets the
+ * same code however it is hashed. */
+static inline void jc_simhash_row(const float *xi, int64_t d, const int8_t *proj, int L, int K,
+                                  float *acc, uint32_t *codes) {
+    const int64_t P = (int64_t)L * K;
+    for (int64_t p = 0; p < P; p++) acc[p] = 0.0f;
+    for (int64_t j = 0; j < d; j++) {
+        const float v = xi[j];
+        if (v == 0.0f) continue;          /* sparse inputs: skip zero coordinates */
+        const int8_t *pj = proj + j * P;
+        for (int64_t p = 0; p < P; p++) acc[p] += v * (float)pj[p];
+    }
+    for (int l = 0; l < L; l++) {
+        uint32_t c = 0;
+        for (int k = 0; k < K; k++) c |= (uint32_t)(acc[(int64_t)l * K + k] > 0.0f) << k;
+        codes[l] = c;
+    }
+}
+
+static void jc_simhash(const float *x, int64_t n, int64_t d, const int8_t *proj,
                        int L, int K, uint32_t *codes, int nthreads) {
     const int64_t P = (int64_t)L * K;
     #pragma omp parallel num_threads(jc_threads(nthreads)) if (n * P * d > (1 << 20))
     {
         float *acc = (float *)malloc(sizeof(float) * (size_t)(P > 0 ? P : 1));
         #pragma omp for schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-            const float *xi = x + i * d;
-            for (int64_t p = 0; p < P; p++) acc[p] = 0.0f;
-            for (int64_t j = 0; j < d; j++) {
-                const float v = xi[j];
-                if (v == 0.0f) continue;          /* sparse inputs: skip zero coordinates */
-                const float *pj = proj + j * P;
-                for (int64_t p = 0; p < P; p++) acc[p] += v * pj[p];
-            }
-            for (int l = 0; l < L; l++) {
-                uint32_t c = 0;
-                for (int k = 0; k < K; k++) c |= (uint32_t)(acc[(int64_t)l * K + k] > 0.0f) << k;
-                codes[i * L + l] = c;
-            }
-        }
+        for (int64_t i = 0; i < n; i++) jc_simhash_row(x + i * d, d, proj, L, K, acc, codes + i * L);
         free(acc);
     }
 }
 
-/* Densified winner-take-all. idx is [L*K, m]: the m coordinates of each bin. A bin's value
- * is the position (0..m-1) of the first maximum among its coordinates; a bin whose
- * coordinates are all zero is empty and borrows the value of another bin of the same table
- * chosen by a fixed probe sequence (densified one-permutation hashing). The table code
- * packs the K bin values, log2(m) bits each. */
+/* Densified winner-take-all of one row. idx is [L*K, m]: the m coordinates of each bin. A
+ * bin's value is the position (0..m-1) of the first maximum among its coordinates; a bin
+ * whose coordinates are all zero is empty and borrows the value of another bin of the same
+ * table chosen by a fixed probe sequence (densified one-permutation hashing). The table code
+ * packs the K bin values, log2(m) bits each. bins is [K] scratch. */
+static inline void jc_dwta_row(const float *xi, const int32_t *idx, int L, int K, int m,
+                               int log2m, int *bins, uint32_t *codes) {
+    for (int l = 0; l < L; l++) {
+        int n_full = 0;
+        for (int k = 0; k < K; k++) {
+            const int32_t *ix = idx + ((int64_t)l * K + k) * m;
+            int best = -1;
+            float bv = 0.0f;
+            for (int t = 0; t < m; t++) {
+                const float v = xi[ix[t]];
+                if (v == 0.0f) continue;
+                if (best < 0 || v > bv) { best = t; bv = v; }
+            }
+            /* a bin with only non-positive nonzeros still has a winner */
+            bins[k] = best;
+            n_full += best >= 0;
+        }
+        if (n_full == 0) { codes[l] = JC_EMPTY; continue; }
+        uint32_t c = 0;
+        for (int k = 0; k < K; k++) {
+            int v = bins[k];
+            if (v < 0) {
+                /* probe donors h(l, k, a); after 2K misses take the next full bin */
+                int found = -1;
+                for (uint32_t a = 1; a <= (uint32_t)(2 * K) && found < 0; a++) {
+                    uint32_t h = ((uint32_t)l * 0x85EBCA6Bu) ^ ((uint32_t)k * 0xC2B2AE35u)
+                                 ^ (a * 0x27D4EB2Fu);
+                    h ^= h >> 15; h *= 0x2C1B3C6Du; h ^= h >> 12;
+                    int donor = (int)(h % (uint32_t)K);
+                    if (bins[donor] >= 0) found = bins[donor];
+                }
+                for (int s = 1; s < K && found < 0; s++)
+                    if (bins[(k + s) % K] >= 0) found = bins[(k + s) % K];
+                v = found;
+            }
+            c |= (uint32_t)v << (k * log2m);
+        }
+        codes[l] = c;
+    }
+}
+
 static void jc_dwta(const float *x, int64_t n, int64_t d, const int32_t *idx, int L, int K,
                     int m, int log2m, uint32_t *codes, int nthreads) {
     #pragma omp parallel num_threads(jc_threads(nthreads)) if (n * L * K * m > (1 << 18))
     {
         int *bins = (int *)malloc(sizeof(int) * (size_t)K);
         #pragma omp for schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-            const float *xi = x + i * d;
-            for (int l = 0; l < L; l++) {
-                int n_full = 0;
-                for (int k = 0; k < K; k++) {
-                    const int32_t *ix = idx + ((int64_t)l * K + k) * m;
-                    int best = -1;
-                    float bv = 0.0f;
-                    for (int t = 0; t < m; t++) {
-                        const float v = xi[ix[t]];
-                        if (v == 0.0f) continue;
-                        if (best < 0 || v > bv) { best = t; bv = v; }
-                    }
-                    /* a bin with only non-positive nonzeros still has a winner */
-                    bins[k] = best;
-                    n_full += best >= 0;
-                }
-                if (n_full == 0) { codes[i * L + l] = JC_EMPTY; continue; }
-                uint32_t c = 0;
-                for (int k = 0; k < K; k++) {
-                    int v = bins[k];
-                    if (v < 0) {
-                        /* probe donors h(l, k, a); after 2K misses take the next full bin */
-                        int found = -1;
-                        for (uint32_t a = 1; a <= (uint32_t)(2 * K) && found < 0; a++) {
-                            uint32_t h = ((uint32_t)l * 0x85EBCA6Bu) ^ ((uint32_t)k * 0xC2B2AE35u)
-                                         ^ (a * 0x27D4EB2Fu);
-                            h ^= h >> 15; h *= 0x2C1B3C6Du; h ^= h >> 12;
-                            int donor = (int)(h % (uint32_t)K);
-                            if (bins[donor] >= 0) found = bins[donor];
-                        }
-                        for (int s = 1; s < K && found < 0; s++)
-                            if (bins[(k + s) % K] >= 0) found = bins[(k + s) % K];
-                        v = found;
-                    }
-                    c |= (uint32_t)v << (k * log2m);
-                }
-                codes[i * L + l] = c;
-            }
-        }
+        for (int64_t i = 0; i < n; i++)
+            jc_dwta_row(x + i * d, idx, L, K, m, log2m, bins, codes + i * L);
         free(bins);
     }
 }
@@ -279,6 +298,153 @@ static void jc_pair_dots(const float *x, int64_t d, const float *W, const float 
         const float *w = W + (int64_t)indices[p] * d;
         values[p] = jc_dot(w, x + (int64_t)sample[p] * d, d) + (bias ? bias[indices[p]] : 0.0f);
     }
+}
+
+/* ---------------------------------------------------------------- fused per-sample forward */
+
+/* Everything one sample's forward reads, so the fused call keeps a short signature. */
+typedef struct {
+    int family;                  /* 0 = SimHash (proj), 1 = DWTA (bins) */
+    int L, K, m, log2m;          /* m, log2m: DWTA bin size and its log2 */
+    const int8_t *proj;          /* SimHash: [d, L*K] */
+    const int32_t *bins;         /* DWTA: [L*K, m] */
+    int code_bits, slot_bits;
+    int64_t N;
+    const int32_t *offsets;      /* [L, 2**slot_bits + 1] */
+    const int32_t *ids;          /* [L, N] */
+    const uint32_t *ecodes;      /* [L, N] */
+} jc_layer;
+
+/* Rows ahead of the one being multiplied that are prefetched: a row of 128 floats is 8
+ * cache lines, so 12 rows keep ~100 lines in flight, enough to cover DRAM latency. */
+#ifndef JC_GATHER_AHEAD
+#define JC_GATHER_AHEAD 12
+#endif
+
+static inline void jc_prefetch_row(const float *row, int64_t d) {
+    const char *p = (const char *)row;
+    for (int64_t c = 0; c < d * 4; c += 64) __builtin_prefetch(p + c, 0, 1);
+    __builtin_prefetch(p + d * 4 - 1, 0, 1);    /* the last line of an unaligned row */
+}
+
+/* Set bit n of seen for every neuron n in a bucket that sample `code` hits. All L slot
+ * ranges are read first so their cache misses overlap instead of queuing one table at a
+ * time. Where the slot is the code itself (code_bits <= slot_bits) every entry matches and
+ * the stored codes are not read. lo/hi are [L] scratch. */
+static void jc_mark_sample(const jc_layer *t, const uint32_t *code, int32_t *lo, int32_t *hi,
+                           uint64_t *seen) {
+    const int64_t S = (int64_t)1 << t->slot_bits;
+    const int exact = t->code_bits <= t->slot_bits;
+    for (int l = 0; l < t->L; l++) {
+        lo[l] = hi[l] = 0;
+        if (code[l] == JC_EMPTY) continue;
+        const int32_t *off = t->offsets + (int64_t)l * (S + 1) + jc_slot(code[l], t->code_bits, t->slot_bits);
+        lo[l] = off[0];
+        hi[l] = off[1];
+    }
+    for (int l = 0; l < t->L; l++)
+        if (hi[l] > lo[l]) __builtin_prefetch(t->ids + (int64_t)l * t->N + lo[l], 0, 1);
+    for (int l = 0; l < t->L; l++) {
+        const int32_t *tid = t->ids + (int64_t)l * t->N;
+        if (exact) {
+            for (int32_t e = lo[l]; e < hi[l]; e++) {
+                const uint32_t n = (uint32_t)tid[e];
+                seen[n >> 6] |= (uint64_t)1 << (n & 63);
+            }
+        } else {
+            const uint32_t *tco = t->ecodes + (int64_t)l * t->N;
+            for (int32_t e = lo[l]; e < hi[l]; e++) {
+                const uint32_t n = (uint32_t)tid[e];
+                seen[n >> 6] |= (uint64_t)(tco[e] == code[l]) << (n & 63);
+            }
+        }
+    }
+}
+
+static inline int64_t jc_count_seen(const uint64_t *seen, int64_t nw) {
+    int64_t c = 0;
+    for (int64_t w = 0; w < nw; w++) c += __builtin_popcountll(seen[w]);
+    return c;
+}
+
+/* Ids of the set bits, ascending, into out; clears seen on the way (ready for the next
+ * sample without a pass over all N). */
+static inline int64_t jc_drain_seen(uint64_t *seen, int64_t nw, int32_t *out) {
+    int64_t k = 0;
+    for (int64_t w = 0; w < nw; w++) {
+        uint64_t m = seen[w];
+        if (!m) continue;
+        seen[w] = 0;
+        while (m) {
+            out[k++] = (int32_t)(w * 64 + __builtin_ctzll(m));
+            m &= m - 1;
+        }
+    }
+    return k;
+}
+
+/* values[p] = W[ids[p]] . x + bias[ids[p]], the rows (and biases) prefetched
+ * JC_GATHER_AHEAD ids ahead: the ids are sorted but scattered over all of W. */
+static void jc_gather_dots(const float *x, int64_t d, const float *W, const float *bias,
+                           const int32_t *ids, int64_t n, float *values) {
+    for (int64_t p = 0; p < n && p < JC_GATHER_AHEAD; p++) {
+        jc_prefetch_row(W + (int64_t)ids[p] * d, d);
+        if (bias) __builtin_prefetch(bias + ids[p], 0, 1);
+    }
+    for (int64_t p = 0; p < n; p++) {
+        if (p + JC_GATHER_AHEAD < n) {
+            const int32_t nxt = ids[p + JC_GATHER_AHEAD];
+            jc_prefetch_row(W + (int64_t)nxt * d, d);
+            if (bias) __builtin_prefetch(bias + nxt, 0, 1);
+        }
+        const int32_t r = ids[p];
+        values[p] = jc_dot(W + (int64_t)r * d, x, d) + (bias ? bias[r] : 0.0f);
+    }
+}
+
+/* 1 when every one of the n floats is finite. Tests the exponent bits: -ffast-math lets
+ * the compiler assume isfinite() is always true. */
+static inline int jc_all_finite(const float *v, int64_t n) {
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, v + i, sizeof u);
+        bad |= (u & 0x7F800000u) == 0x7F800000u;
+    }
+    return !bad;
+}
+
+/* Per-sample forward in one call, sample by sample: hash, mark the buckets' neurons in the
+ * bitmap seen [ceil(N/64)] (all zero on entry and on return), drain it into sorted ids,
+ * multiply those rows. Sample b's ids/values go to ids_out/vals_out from the end of sample
+ * b-1's, its count to counts[b]. Stops before a sample whose ids would pass `cap` and
+ * returns the number of samples done (B when all fit); returns -1, before any work, when x
+ * holds a NaN or inf. scratch: [L*K] floats (SimHash), codes/lo/hi: [L] each, bins: [K].
+ * One thread: a small batch's forward is too short to share. */
+static int64_t jc_forward_fused(const jc_layer *t, const float *x, int64_t B, int64_t d,
+                                const float *W, const float *bias, uint64_t *seen,
+                                float *scratch, uint32_t *codes, int32_t *lo, int32_t *hi,
+                                int *bins, int64_t cap, int32_t *ids_out, float *vals_out,
+                                int64_t *counts) {
+    if (!jc_all_finite(x, B * d)) return -1;
+    const int64_t nw = (t->N + 63) / 64;
+    int64_t pos = 0;
+    for (int64_t b = 0; b < B; b++) {
+        const float *xb = x + b * d;
+        if (t->family == 0) jc_simhash_row(xb, d, t->proj, t->L, t->K, scratch, codes);
+        else jc_dwta_row(xb, t->bins, t->L, t->K, t->m, t->log2m, bins, codes);
+        jc_mark_sample(t, codes, lo, hi, seen);
+        /* a sample has at most N ids: count them only when that much might not fit */
+        if (pos + t->N > cap && pos + jc_count_seen(seen, nw) > cap) {
+            memset(seen, 0, sizeof(uint64_t) * (size_t)nw);
+            return b;
+        }
+        const int64_t k = jc_drain_seen(seen, nw, ids_out + pos);
+        jc_gather_dots(xb, d, W, bias, ids_out + pos, k, vals_out + pos);
+        counts[b] = k;
+        pos += k;
+    }
+    return B;
 }
 
 /* ---------------------------------------------------------------- batched (per neuron) */

@@ -10,7 +10,9 @@ the L tables; only those neurons are computed, the rest of y = W x + b reads as 
     layer.active_fraction, layer.macs_executed, layer.recall_at_k(x, k=10)
 
 Two execution modes: "per_sample" gathers each sample's active rows; "batched" groups the
-work per neuron, loading each selected row once for every sample that picked it.
+work per neuron, loading each selected row once for every sample that picked it. Small
+batches (and any batch on one thread) run per sample in one fused C call: hash, bucket
+lookup into a bitmap, sorted ids, prefetched row products (hashing.FusedForward).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ FAMILIES = ("simhash", "dwta")
 MODES = ("auto", "batched", "per_sample")
 # Below this batch the per-neuron bitmap scan over all rows costs more than it saves.
 AUTO_BATCHED_MIN = 16
+# Weight rows start on cache-line boundaries: a 128-float row is then 8 lines, not 9.
+WEIGHT_ALIGN = 64
 MAX_TABLES = 1024
 
 
@@ -66,6 +70,15 @@ def _as_float32_matrix(a, name: str, cols: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _aligned_copy(a: np.ndarray, align: int = WEIGHT_ALIGN) -> np.ndarray:
+    """A C-contiguous copy of a whose data starts on an `align`-byte boundary."""
+    raw = np.empty(a.nbytes + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 class HashedLinear:
     """y = W x + b evaluated on hash-selected neurons only.
 
@@ -82,7 +95,7 @@ class HashedLinear:
                  bin_size: int = 8, density: float = 1 / 3, num_threads: int = 0) -> None:
         if family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-        self.weight = _as_float32_matrix(weight, "weight").copy()
+        self.weight = _aligned_copy(_as_float32_matrix(weight, "weight"))
         n_out, n_in = self.weight.shape
         if n_out < 1 or n_in < 1:
             raise ValueError(f"weight must have at least one row and one column, got {self.weight.shape}")
@@ -108,6 +121,7 @@ class HashedLinear:
                 raise ValueError(f"density must be in (0, 1], got {density}")
             self.code_bits = self.K
             self._proj = self._simhash_projections(n_in, density)
+            self._proj_i8 = _h.sign_projections(self._proj)   # what the kernels read
         else:
             if bin_size < 2 or bin_size & (bin_size - 1):
                 raise ValueError(f"bin_size must be a power of two >= 2, got {bin_size}")
@@ -149,7 +163,7 @@ class HashedLinear:
         """Codes [n, L] uint32 of the rows of x [n, in] (float32)."""
         x = _as_float32_matrix(x, "x", self.weight.shape[1])
         if self.family == "simhash":
-            return _h.simhash_codes(x, self._proj, self.L, self.K, self.num_threads)
+            return _h.simhash_codes(x, self._proj_i8, self.L, self.K, self.num_threads)
         return _h.dwta_codes(x, self._bins, self.L, self.K, self.bin_size, self.num_threads)
 
     def rehash(self, rows: np.ndarray | None = None) -> None:
@@ -170,6 +184,11 @@ class HashedLinear:
             if rows.size:
                 self._codes[rows] = self.hash_codes(self.weight[rows])
         self.tables = _h.BucketTables(self._codes, self.code_bits, self.num_threads)
+        if self.family == "simhash":
+            self._fused = _h.FusedForward(self.tables, "simhash", self.K, self.n_in, proj=self._proj_i8)
+        else:
+            self._fused = _h.FusedForward(self.tables, "dwta", self.K, self.n_in, bins=self._bins,
+                                          bin_size=self.bin_size)
         self._changed[:] = False if rows is None else self._changed & ~np.isin(np.arange(self.n_out), rows)
 
     @property
@@ -182,16 +201,23 @@ class HashedLinear:
 
     # ------------------------------------------------------------------ forward
     def forward_sparse(self, x: np.ndarray, mode: str = "auto") -> SparseActivations:
-        """Active outputs of x [B, in] float32 as CSR (see SparseActivations).
+        """Active outputs of x [B, in] float32 as CSR (see SparseActivations); ids ascend
+        within each sample except in the multi-threaded per-sample path (discovery order).
         mode "auto": per_sample below AUTO_BATCHED_MIN samples, batched from there."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        x = _as_float32_matrix(x, "x", self.n_in)
-        if mode == "auto":
-            mode = "batched" if x.shape[0] >= AUTO_BATCHED_MIN else "per_sample"
-        q = self.hash_codes(x)
-        run = self.tables.forward_grouped if mode == "batched" else self.tables.forward_per_sample
-        indptr, indices, values = run(x, self.weight, self.bias, q, self.num_threads)
+        if mode != "batched" and isinstance(x, np.ndarray) and x.ndim == 2 and \
+                (x.shape[0] < AUTO_BATCHED_MIN or (mode == "per_sample" and self.num_threads == 1)):
+            # the fused kernel checks dtype, columns and NaN/inf itself, in C
+            indptr, indices, values = self._fused(x, self.weight, self.bias)
+            mode = "per_sample"
+        else:   # threads share the samples (per sample) or the neurons (batched)
+            x = _as_float32_matrix(x, "x", self.n_in)
+            if mode == "auto":
+                mode = "batched" if x.shape[0] >= AUTO_BATCHED_MIN else "per_sample"
+            q = self.hash_codes(x)
+            run = self.tables.forward_grouped if mode == "batched" else self.tables.forward_per_sample
+            indptr, indices, values = run(x, self.weight, self.bias, q, self.num_threads)
         out = SparseActivations(indptr, indices, values, self.n_out)
         self._last = out
         if mode == "per_sample":

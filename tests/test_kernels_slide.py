@@ -419,3 +419,148 @@ def test_kernel_level_validation():
                           np.array([0, 1], np.int32), np.zeros(2, np.float32), 0.1)
     assert isinstance(SparseActivations(ip, np.array([0, 1], np.int32),
                                         np.ones(2, np.float32), 4).to_dense(), np.ndarray)
+
+
+# ---------------------------------------------------------------- fused per-sample path
+
+def _fused_forward(layer: HashedLinear, x: np.ndarray) -> SparseActivations:
+    """The fused single-thread kernel (small batches, or per_sample on one thread)."""
+    layer.num_threads = 1
+    return layer.forward_sparse(x, "per_sample")
+
+
+@pytest.mark.parametrize("family,K,L,n_in", [("simhash", 3, 1, 1), ("simhash", 5, 7, 33),
+                                             ("simhash", 9, 40, 130), ("dwta", 2, 6, 16),
+                                             ("dwta", 3, 12, 128)])
+def test_fused_forward_matches_reference_with_sorted_ids(family, K, L, n_in):
+    rng = np.random.default_rng(K * 100 + L)
+    kw = dict(bin_size=4) if family == "dwta" else {}
+    layer = _layer(rng, 700, n_in, family=family, K=K, L=L, seed=4, **kw)
+    x = rng.standard_normal((9, n_in)).astype(np.float32)
+    out = layer.forward_sparse(x)                 # B < AUTO_BATCHED_MIN: the fused kernel
+    y_ref, sets_ref = ref_forward(layer, x)
+    for b, ref in enumerate(sets_ref):
+        np.testing.assert_array_equal(out.indices[out.indptr[b]:out.indptr[b + 1]], ref)  # ascending
+    np.testing.assert_allclose(out.to_dense(), y_ref, rtol=1e-4, atol=1e-4)
+    assert layer.bytes_gathered == len(out.indices) * n_in * 4
+
+
+def test_fused_forward_on_views_and_one_sample_equals_batch():
+    rng = np.random.default_rng(11)
+    layer = _layer(rng, 300, 24, K=6, L=9)
+    base = rng.standard_normal((6, 48)).astype(np.float32)
+    view = base[:, 1::2]                          # non-contiguous
+    full = layer.forward_sparse(view)
+    np.testing.assert_allclose(full.to_dense(), ref_forward(layer, np.ascontiguousarray(view))[0],
+                               rtol=1e-4, atol=1e-4)
+    one = layer.forward_sparse(view[3:4])
+    np.testing.assert_array_equal(one.indices, full.indices[full.indptr[3]:full.indptr[4]])
+    np.testing.assert_array_equal(one.values, full.values[full.indptr[3]:full.indptr[4]])
+    fortran = layer.forward_sparse(np.asfortranarray(view))
+    np.testing.assert_array_equal(fortran.indices, full.indices)
+
+
+def test_fused_forward_spills_over_its_output_buffer():
+    # K=1, many tables: every sample selects nearly all 150 neurons, so 70 samples need ~70x
+    # the N-sized buffer: the kernel stops, hands back what fits and resumes
+    rng = np.random.default_rng(12)
+    layer = _layer(rng, 150, 10, K=1, L=10)
+    x = rng.standard_normal((70, 10)).astype(np.float32)
+    out = _fused_forward(layer, x)
+    assert len(out.indices) > 10 * layer.n_out
+    y_ref, sets_ref = ref_forward(layer, x)
+    for b, ref in enumerate(sets_ref):
+        np.testing.assert_array_equal(out.indices[out.indptr[b]:out.indptr[b + 1]], ref)
+    np.testing.assert_allclose(out.to_dense(), y_ref, rtol=1e-4, atol=1e-4)
+    batched = layer.forward_sparse(x, "batched")
+    np.testing.assert_array_equal(batched.indptr, out.indptr)
+
+
+def test_fused_forward_all_candidates_empty_buckets_and_folded_codes():
+    rng = np.random.default_rng(13)
+    # all-zero weights: SimHash code 0 everywhere, an all-zero input hits every neuron
+    zero = HashedLinear(np.zeros((130, 8), np.float32), np.arange(130, dtype=np.float32), K=4, L=3)
+    out = zero.forward_sparse(np.zeros((2, 8), np.float32))
+    np.testing.assert_array_equal(out.indices, np.tile(np.arange(130), 2))
+    np.testing.assert_array_equal(out.values, np.tile(np.arange(130, dtype=np.float32), 2))
+    # DWTA: an all-zero input is EMPTY in every table and selects nothing
+    dw = _layer(rng, 80, 16, family="dwta", K=3, L=4, bin_size=4)
+    xz = rng.standard_normal((3, 16)).astype(np.float32)
+    xz[1] = 0
+    out = dw.forward_sparse(xz)
+    assert out.indptr[2] == out.indptr[1]
+    np.testing.assert_allclose(out.to_dense(), ref_forward(dw, xz)[0], rtol=1e-4, atol=1e-4)
+    # K=31 on 40 neurons: slots fold the codes, so the kernel must compare full codes
+    big_k = _layer(rng, 40, 12, K=31, L=5)
+    assert big_k.tables.slot_bits < big_k.code_bits
+    x = np.repeat(big_k.weight[:3], 2, axis=0)    # inputs equal to neuron rows: sure hits
+    out = big_k.forward_sparse(x)
+    _, sets_ref = ref_forward(big_k, x)
+    for b, ref in enumerate(sets_ref):
+        assert b // 2 in ref
+        np.testing.assert_array_equal(out.indices[out.indptr[b]:out.indptr[b + 1]], ref)
+
+
+def test_fused_forward_rejects_bad_input():
+    rng = np.random.default_rng(14)
+    layer = _layer(rng, 30, 8, K=3, L=2)
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    x[1, 5] = np.inf
+    with pytest.raises(ValueError, match="finite"):
+        layer.forward_sparse(x)
+    x[1, 5] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        layer.forward_sparse(x)
+    with pytest.raises(TypeError, match="float32"):
+        layer.forward_sparse(np.zeros((1, 8), np.float16))
+    with pytest.raises(ValueError, match="8 columns"):
+        layer.forward_sparse(np.zeros((1, 9), np.float32))
+    with pytest.raises(ValueError, match="2-D"):
+        layer.forward_sparse(np.zeros(8, np.float32))
+    fused = layer._fused
+    ok = np.zeros((1, 8), np.float32)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        fused(ok, layer.weight[:29], layer.bias)
+    with pytest.raises(TypeError, match="bias"):
+        fused(ok, layer.weight, layer.bias.astype(np.float64))
+    with pytest.raises(ValueError, match="bias must have shape"):
+        fused(ok, layer.weight, layer.bias[:5])
+    with pytest.raises(ValueError, match="code_bits"):
+        h.FusedForward(layer.tables, "simhash", 4, 8, proj=layer._proj_i8)
+    with pytest.raises(ValueError, match="proj must have shape"):
+        h.FusedForward(layer.tables, "simhash", 3, 8, proj=layer._proj_i8[:7])
+    with pytest.raises(ValueError, match="-1, 0 or"):
+        h.FusedForward(layer.tables, "simhash", 3, 8, proj=layer._proj * 0.5)
+    with pytest.raises(ValueError, match="bins entries"):
+        h.FusedForward(h.BucketTables(np.zeros((30, 2), np.uint32), 2), "dwta", 2, 8,
+                       bins=np.full((4, 2), 8, np.int32), bin_size=2)
+    with pytest.raises(ValueError, match="family"):
+        h.FusedForward(layer.tables, "minhash", 3, 8)
+    with pytest.raises(ValueError, match="-1, 0 or"):
+        h.simhash_codes(ok, np.full((8, 6), 2, np.int8), 2, 3)
+    # a failed call leaves the kernel's scratch clean: the next call is still exact
+    good = rng.standard_normal((3, 8)).astype(np.float32)
+    np.testing.assert_allclose(layer.forward_sparse(good).to_dense(), ref_forward(layer, good)[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_weight_copy_is_cache_line_aligned_and_writeable():
+    W = np.random.default_rng(15).standard_normal((50, 33)).astype(np.float32)
+    layer = HashedLinear(W[:, :33], None, K=4, L=2)
+    assert layer.weight.ctypes.data % 64 == 0 and layer.weight.flags.c_contiguous
+    np.testing.assert_array_equal(layer.weight, W)
+    layer.weight[0] = 1.0                          # a copy: the caller's array is untouched
+    assert not (W[0] == 1.0).all()
+
+
+def test_layer_survives_pickle_with_its_fused_kernel():
+    import copy
+    import pickle
+    rng = np.random.default_rng(16)
+    for family in ("simhash", "dwta"):
+        layer = _layer(rng, 200, 16, family=family, K=3, L=4, bin_size=4)
+        x = rng.standard_normal((3, 16)).astype(np.float32)
+        for clone in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+            a, b = layer.forward_sparse(x), clone.forward_sparse(x)
+            np.testing.assert_array_equal(a.indices, b.indices)
+            np.testing.assert_array_equal(a.values, b.values)
