@@ -265,7 +265,9 @@ def render(rows: list[dict], conv_rows: list[dict], int8_rows: list[dict], comma
                 f"{med['channel_blas'] * 1e3:.1f} ms ({r['channel_blas_eff']:.2f}). X is "
                 f"{r['shape'][2] * r['shape'][3] * 4 / 1e6:.0f} MB; copying it into panels alone takes "
                 f"{med['pack'] * 1e3:.1f} ms ({med['pack'] / ideal:.0%} of the ideal time), a pass a BLAS "
-                "makes before its FLOPs and skinny_gemm does not (it streams X from DRAM under the FMAs).")
+                "makes before its FLOPs and skinny_gemm does not: it streams X from DRAM under the FMAs, "
+                "so unlike the compute-bound dense baseline it also slows when other jobs load the "
+                "memory bus.")
     out += ["", "### All figures", "",
             "| shape M x K x N | threads | sparsity | dense ms (GFLOP/s) | csr | bsr 4x1 | bsr 4x4 "
             "| channel (eff) | channel BLAS (eff) | channel in+out (eff) | X pack ms | load avg |",
