@@ -1,20 +1,30 @@
 """Whole pruned models on joulecut's kernel runner vs onnxruntime, side by side.
 
-    python benchmarks/bench_runner.py [--repeats 30]
+    python benchmarks/bench_runner.py [--repeats 15] [--quick]
 
-Models: the digits CNN (examples/digits, trained 4 epochs on clean digits) and the shipped
-ResNet-style examples/models/tiny_resnet.onnx, each magnitude-pruned to 90% weight sparsity
-per layer. For each batch size: onnxruntime on the dense model, onnxruntime on the pruned
-model (it gains nothing from zeros), and GraphRunner on the pruned model (each layer in the
-format its weight calls for), one thread each, interleaved rounds, medians. Writes the
-"## Whole-model runner" section of benchmarks/RESULTS.md.
+Models, each pruned to 90% weight sparsity per layer:
+
+- the digits CNN (examples/digits, trained 4 epochs on clean digits), batch 1 and 32;
+- the shipped examples/models/tiny_resnet.onnx (16-32 channels at 32x32), batch 1 and 32;
+- a ResNet-18-style network built here in torch and exported to ONNX (not stored): a 3x3 stem
+  to 64 channels at 56x56, then two basic blocks each at 64 (56x56), 128 (28x28) and 256
+  (14x14) channels with residual adds and 1x1 projection shortcuts, global average pool, fc;
+  random weights with BatchNorm statistics calibrated on random inputs; batch 1 and 8. Pruned
+  two ways: by per-layer magnitude, and by 4x4 blocks of the [M, C*R*S] weight (the blocks
+  with the largest L2 norm kept; a layer whose shape has no 4x4 tiling by magnitude).
+
+For each: onnxruntime on the dense model, onnxruntime on the pruned model (it gains nothing
+from zeros), and GraphRunner on the pruned model (each layer in the format its weight calls
+for), one thread each (BLAS too), interleaved rounds (benchmarks/timing.py), medians of wall
+and of this thread's CPU time. A second table measures the dense-vs-CSR crossover behind
+``kernels.runner.DENSE_ABOVE``. Writes the "## Whole-model runner" section of RESULTS.md
+(``--quick`` prints without writing).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -22,20 +32,44 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "examples" / "digits"), str(Path(__file__).resolve().parent)]
 from results import update_section  # noqa: E402
+from timing import interleaved_medians  # noqa: E402
+
+SPARSITY = 0.9
 
 
 def prune_90(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Zero the 90% smallest-magnitude entries of every weight (initializer of rank >= 2)."""
     pruned = onnx.ModelProto.FromString(model.SerializeToString())
     for t in pruned.graph.initializer:
         w = numpy_helper.to_array(t).copy()
         if w.ndim >= 2:
-            w[np.abs(w) < np.quantile(np.abs(w), 0.9)] = 0
+            w[np.abs(w) < np.quantile(np.abs(w), SPARSITY)] = 0
             t.CopyFrom(numpy_helper.from_array(w, t.name))
+    return pruned
+
+
+def prune_blocks_90(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Keep the 10% of 4x4 blocks of each [M, C*R*S] weight with the largest L2 norm; a weight
+    whose flattened shape does not tile into 4x4 blocks is pruned by magnitude instead."""
+    pruned = onnx.ModelProto.FromString(model.SerializeToString())
+    for t in pruned.graph.initializer:
+        w = numpy_helper.to_array(t).copy()
+        if w.ndim < 2:
+            continue
+        w2 = w.reshape(w.shape[0], -1)
+        if w2.shape[0] % 4 or w2.shape[1] % 4:
+            w2[np.abs(w2) < np.quantile(np.abs(w2), SPARSITY)] = 0
+        else:
+            tiles = w2.reshape(w2.shape[0] // 4, 4, w2.shape[1] // 4, 4)
+            norms = np.sqrt((tiles.astype(np.float64) ** 2).sum(axis=(1, 3)))
+            keep = norms >= np.quantile(norms, SPARSITY)
+            w2 = (tiles * keep[:, None, :, None]).reshape(w2.shape)
+        t.CopyFrom(numpy_helper.from_array(w2.reshape(w.shape).astype(np.float32), t.name))
     return pruned
 
 
@@ -58,64 +92,188 @@ def digits_model(folder: Path) -> onnx.ModelProto:
     return onnx.load(export_onnx(model, torch.from_numpy(x[:1]), folder / "digits.onnx"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=30)
-    args = parser.parse_args()
+def resnet_model(folder: Path, size: int = 56, widths: tuple[int, ...] = (64, 128, 256)) -> onnx.ModelProto:
+    """The ResNet-18-style test model (module docstring), exported with a symbolic batch."""
+    import torch
+    from torch import nn
+
+    from pruning.export import export_onnx
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.proj = None
+            if stride != 1 or cin != cout:
+                self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(y + (x if self.proj is None else self.proj(x)))
+
+    layers = [nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()]
+    cin = widths[0]
+    for i, width in enumerate(widths):
+        layers += [Block(cin, width, 1 if i == 0 else 2), Block(width, width, 1)]
+        cin = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10)]
+    torch.manual_seed(0)
+    model = nn.Sequential(*layers)
+    with torch.no_grad():  # BatchNorm statistics of random inputs, so activations stay O(1)
+        model.train()
+        for _ in range(3):
+            model(torch.randn(8, 3, size, size))
+    model.eval()
+    return onnx.load(export_onnx(model, torch.randn(1, 3, size, size), folder / "resnet.onnx"))
+
+
+def conv_model(w: np.ndarray, shape: list[int]) -> onnx.ModelProto:
+    """One 3x3 'same' Conv with weight w on an input of ``shape``."""
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")], "conv",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def crossover_rows(repeats: int) -> list[str]:
+    """CSR conv (spmm_im2col) vs the runner's dense path (im2col + BLAS / skinny_gemm) by density."""
+    from kernels.formats import CSRMatrix
+    from kernels.runner import GraphRunner
+    from kernels.sparse_gemm import spmm_im2col
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for m, c, hw in ((16, 16, 32), (64, 64, 56), (128, 128, 28), (256, 256, 14)):
+        x = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
+        cells = []
+        for density in (0.1, 0.3, 0.5):
+            w = rng.standard_normal((m, c, 3, 3)).astype(np.float32)
+            w[np.abs(w) < np.quantile(np.abs(w), 1 - density)] = 0
+            csr = CSRMatrix.from_dense(w.reshape(m, -1))
+            dense = GraphRunner(conv_model(w, list(x.shape)), mode="dense")
+            wall, _ = interleaved_medians({
+                "csr": lambda: spmm_im2col(csr, x, (3, 3), (1, 1), (1, 1), (1, 1)),
+                "dense": lambda: dense.run({"x": x})}, repeats)
+            cells.append(f"{wall['csr'] * 1e3:.2f} / {wall['dense'] * 1e3:.2f} ({wall['dense'] / wall['csr']:.2f}x)")
+        load = os.getloadavg()
+        rows.append(f"| {m} x {c} x 3x3, {hw}x{hw}, batch 1 | " + " | ".join(cells) + f" | {load[0]:.2f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def bench_model(label: str, dense: onnx.ModelProto, pruned: onnx.ModelProto, batch: int, repeats: int) -> dict:
     import onnxruntime as ort
-    from threadpoolctl import threadpool_limits
 
     from kernels.runner import GraphRunner
 
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    d, p = with_batch(dense, batch), with_batch(pruned, batch)
+    shape = [batch] + [x.dim_value for x in d.graph.input[0].type.tensor_type.shape.dim[1:]]
+    feeds = {d.graph.input[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    ort_dense = ort.InferenceSession(d.SerializeToString(), options)
+    ort_pruned = ort.InferenceSession(p.SerializeToString(), options)
+    runner = GraphRunner(p)
+    ref = ort_pruned.run(None, feeds)[0]
+    err = float(np.abs(runner.run(feeds)[0] - ref).max() / np.abs(ref).max())
+    wall, cpu = interleaved_medians({"ort dense": lambda: ort_dense.run(None, feeds),
+                                     "ort pruned": lambda: ort_pruned.run(None, feeds),
+                                     "kernels pruned": lambda: runner.run(feeds)}, repeats)
+    runs = runner.last_run
+    weight_s = sum(r.seconds for r in runs if r.dense_macs)
+    formats: dict[str, int] = {}
+    for r in runs:
+        if r.dense_macs:
+            formats[r.format] = formats.get(r.format, 0) + 1
+    row = dict(model=label, batch=batch, wall=wall, cpu=cpu, err=err, share=weight_s / sum(r.seconds for r in runs),
+               formats=", ".join(f"{k} x{v}" for k, v in sorted(formats.items())), load=os.getloadavg()[0],
+               steps=len(runner.steps), nodes=len(runs))
+    print(label, batch, {k: f"{v * 1e3:.3f}" for k, v in wall.items()}, f"err {err:.1e}", row["formats"],
+          f"load {row['load']:.2f}", flush=True)
+    return row
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| model | batch | ort dense ms | ort pruned ms | kernels pruned ms | speed-up vs ort dense (wall) | CPU-time ratio | "
+        "formats chosen (weight layers) | share of runner time in weight layers | max rel. error vs ort | load avg (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        w, c = r["wall"], r["cpu"]
+        lines.append(f"| {r['model']} | {r['batch']} | {w['ort dense'] * 1e3:.3f} | {w['ort pruned'] * 1e3:.3f} | "
+                     f"{w['kernels pruned'] * 1e3:.3f} | {w['ort dense'] / w['kernels pruned']:.2f}x | "
+                     f"{c['ort dense'] / c['kernels pruned']:.2f}x | {r['formats']} | {100 * r['share']:.0f}% | "
+                     f"{r['err']:.1e} | {r['load']:.2f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="ResNet-style rows only, printed, RESULTS.md untouched")
+    args = parser.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    started = time.time()
+    load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp, threadpool_limits(limits=1, user_api="blas"):
-        models = {"digits CNN": digits_model(Path(tmp)), "tiny ResNet": onnx.load(ROOT / "examples/models/tiny_resnet.onnx")}
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        for name, dense in models.items():
-            for batch in (1, 32):
-                d, p = with_batch(dense, batch), with_batch(prune_90(dense), batch)
-                shape = [batch] + [x.dim_value for x in d.graph.input[0].type.tensor_type.shape.dim[1:]]
-                feeds = {d.graph.input[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-                ort_dense = ort.InferenceSession(d.SerializeToString(), options)
-                ort_pruned = ort.InferenceSession(p.SerializeToString(), options)
-                runner = GraphRunner(p)
-                ref = ort_pruned.run(None, feeds)[0]
-                err = float(np.abs(runner.run(feeds)[0] - ref).max() / np.abs(ref).max())
-                times = {"ort dense": [], "ort pruned": [], "kernels pruned": []}
-                for _ in range(args.repeats):  # interleaved rounds
-                    for label, fn in (("ort dense", lambda: ort_dense.run(None, feeds)),
-                                      ("ort pruned", lambda: ort_pruned.run(None, feeds)),
-                                      ("kernels pruned", lambda: runner.run(feeds))):
-                        t = time.perf_counter()
-                        fn()
-                        times[label].append(time.perf_counter() - t)
-                med = {k: statistics.median(v) for k, v in times.items()}
-                layer_s = sum(l.seconds for l in runner.last_run if l.dense_macs)
-                total_s = sum(l.seconds for l in runner.last_run)
-                formats = sorted({l.format for l in runner.last_run if l.dense_macs})
-                rows.append((name, batch, med, err, layer_s / total_s, formats))
-                print(rows[-1], flush=True)
+        resnet = resnet_model(Path(tmp))
+        cases = [("ResNet-18-style, 90% magnitude", resnet, prune_90(resnet), (1, 8)),
+                 ("ResNet-18-style, 90% in 4x4 blocks", resnet, prune_blocks_90(resnet), (1, 8))]
+        if not args.quick:
+            digits = digits_model(Path(tmp))
+            tiny = onnx.load(ROOT / "examples/models/tiny_resnet.onnx")
+            cases = [("digits CNN", digits, prune_90(digits), (1, 32)),
+                     ("tiny ResNet", tiny, prune_90(tiny), (1, 32))] + cases
+        for label, dense, pruned, batches in cases:
+            for batch in batches:
+                rows.append(bench_model(label, dense, pruned, batch, args.repeats))
+        crossover = crossover_rows(max(3, args.repeats // 3))
+    if args.quick:
+        return
     load = os.getloadavg()
+    by = {(r["model"], r["batch"]): r for r in rows}
+    resnet_speedups = [r["wall"]["ort dense"] / r["wall"]["kernels pruned"] for r in rows if "ResNet-18" in r["model"]]
     lines = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, one thread for every side; load average "
-        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-        f"Command: `python benchmarks/bench_runner.py --repeats {args.repeats}` (medians of interleaved rounds). "
-        "Pruned = 90% of every weight zeroed by magnitude, per layer.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, one thread for every side (ort intra/inter-op 1, BLAS 1); "
+        f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} at the start, "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end (other jobs shared the 2 cores: wall figures are noisy, "
+        f"the CPU-time ratio leaves out time the thread was descheduled); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"run took {time.time() - started:.0f} s.",
+        f"Command: `python benchmarks/bench_runner.py --repeats {args.repeats}` (medians of interleaved rounds, "
+        "benchmarks/timing.py). Pruned = 90% of every weight zeroed per layer, by magnitude or in 4x4 blocks (see the "
+        "script's docstring for the models). Speed-up = ort dense / kernels pruned.",
         "",
-        "| model | batch | ort dense ms | ort pruned ms | kernels pruned ms | speed-up vs ort dense | kernel formats | share of runner time in weight layers | max rel. error vs ort |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, batch, med, err, share, formats in rows:
-        lines.append(f"| {name} | {batch} | {med['ort dense'] * 1e3:.3f} | {med['ort pruned'] * 1e3:.3f} | "
-                     f"{med['kernels pruned'] * 1e3:.3f} | {med['ort dense'] / med['kernels pruned']:.2f}x | "
-                     f"{', '.join(formats)} | {100 * share:.0f}% | {err:.1e} |")
-    lines += ["", "Fell short: on these small models the runner is slower than onnxruntime's dense run, not faster. "
-              "It executes node by node in Python with NumPy for the non-weight ops (the per-node overhead sets the "
-              "time at batch 1), and at 16-64 channels the sparse conv kernels (im2col panels, CSR) run well below "
-              "onnxruntime's dense convolutions even at 90% sparsity (the weight-layer share above). The kernels' "
-              "speed-ups at realistic layer sizes are in \"Sparse kernels\"; a fused graph and small-channel "
-              "direct-conv kernels are what the runner lacks."]
+    ] + table(rows) + [
+        "",
+        "How the runner executes: the graph is compiled once into steps (Conv + folded BatchNorm + residual Add + Relu "
+        f"as one step, e.g. {by[('ResNet-18-style, 90% magnitude', 1)]['nodes']} ONNX nodes of the ResNet-18-style model "
+        f"in {by[('ResNet-18-style, 90% magnitude', 1)]['steps']} steps), output buffers are reused between calls, and a "
+        "conv's [M, N*P*Q] result is handed on as an [N, M, P, Q] view (no transpose copies).",
+        "",
+        f"ResNet-18-style model: the pruned runner is {min(resnet_speedups):.2f}x-{max(resnet_speedups):.2f}x faster than "
+        "onnxruntime dense, end to end (wall); most of its time is in the sparse convolutions.",
+        "",
+        "Where it is still slower: the digits CNN and the tiny ResNet (1-64 channels, at most 32x32). At batch 1 a call "
+        "is tens of microseconds, and each kernel call costs a few microseconds of Python wrapper and argument checks "
+        "plus im2col panel packing that outweighs the few multiply-adds of a 16-32-channel layer; at batch 32 the "
+        "sparse 3x3 convs with 16-32 output rows are bound by packing the im2col panels (K x 64 values packed per 16-32 "
+        "rows of work), where onnxruntime's dense direct/NCHWc convolutions are faster even doing 10x the MACs. A "
+        "small-channel direct sparse conv (or a kernel-side bias/ReLU epilogue) in kernels/ would be needed there.",
+        "",
+        "Dense vs CSR crossover behind `kernels.runner.DENSE_ABOVE` (one conv, one thread; CSR = spmm_im2col, "
+        "dense = the runner's dense path: im2col + numpy.matmul or skinny_gemm; cells: CSR ms / dense ms (dense/CSR)):",
+        "",
+        "| conv | 10% dense | 30% dense | 50% dense | load avg |",
+        "|---|---|---|---|---|",
+    ] + crossover
     update_section("Whole-model runner", "\n".join(lines))
 
 

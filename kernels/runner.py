@@ -1,17 +1,37 @@
 """A small ONNX graph runner: Conv / Gemm / MatMul on joulecut's kernels, everything else in NumPy.
 
 Each weight layer gets the format its weight calls for (``choose_format``): a channel-pruned
-weight runs as a smaller dense GEMM, a dense one on BLAS, a sparse one as CSR or as 4x4 / 4x1
-blocks when its nonzeros come in blocks. Every call records, per layer, the MACs the kernels
-actually executed and the bytes of weights and activations they moved.
+weight runs as a smaller dense GEMM, a dense one on BLAS (or ``skinny_gemm`` for few rows), a
+sparse one as CSR or as 4x4 / 4x1 blocks when its nonzeros come in blocks. Every call records,
+per layer, the MACs the kernels actually executed and the bytes of weights and activations
+they moved.
+
+The graph is compiled once, at construction, into a flat list of steps over numbered value
+slots (no name lookups, attribute parsing or weight conversion per call):
+
+- weight layers are prepared once (packed weight, float32 bias, the BLAS/skinny choice);
+- a Conv absorbs a following BatchNormalization into its weight and bias (only when that keeps
+  every zero a zero and every nonzero a nonzero, so the executed MACs do not change), and a
+  Conv or Gemm absorbs a following chain of Add (a residual) / Relu / Clip as an in-place
+  epilogue, when each intermediate has no other consumer and is not a graph output;
+- a convolution writes [M, N*P*Q] (what the kernels produce) into a buffer kept between calls
+  and hands on the [N, M, P, Q] *view* of it, channel-major in memory: the next kernel reads
+  any strides, NumPy ops keep that layout, so no transpose is ever copied; 1x1 stride-1 dense
+  convolutions read that layout as their im2col matrix without a copy.
+
+Fusion does not change what is counted: ``last_run`` still has one ``LayerRun`` per ONNX node,
+with the MACs and the activation bytes of the unfused node (an absorbed node has format
+"fused" and 0 seconds; its host's seconds include it). Outputs are returned as fresh
+C-contiguous arrays. A runner keeps buffers between calls: run one call at a time on it.
 
 Supports the op set of CNNs and MLPs (see ``SUPPORTED_OPS``) and the custom
 ``joulecut.HashedLinear`` (a SLIDE layer on kernels.slide, see ``_prepare_hashed``: outputs
-outside a sample's active set are 0); any other op is a ValueError naming the node.
-Layer names follow the importer's rule: the node name, else ``{op}_{index}``.
+outside a sample's active set are 0) and ``joulecut.ReuseConv``; any other op is a ValueError
+naming the node. Layer names follow the importer's rule: the node name, else ``{op}_{index}``.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -21,29 +41,33 @@ import onnx
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import numpy_helper
 
-from kernels.conv import CompactWeight, compact_channels, conv2d_dense, conv2d_sparse, dense_gemm
+from kernels.conv import CompactWeight, compact_channels, use_skinny
 from kernels.formats import BSRMatrix, CSRMatrix
 from kernels.reuse import reuse_conv2d
 from kernels.slide import HashedLinear
-from kernels.sparse_gemm import spmm
+from kernels.sparse_gemm import skinny_gemm, spmm, spmm_im2col
 
-DENSE_ABOVE = 0.30  # density above which dense BLAS beats the sparse kernels on this CPU class
+# Density above which the runner's dense path (im2col + BLAS / skinny_gemm) beats CSR. Measured
+# with benchmarks/bench_runner.py's crossover table (one thread): CSR is faster at 10% and 30%
+# density on every conv shape from 16 to 256 channels, and the two meet between 40% and 50%.
+DENSE_ABOVE = 0.45
 BLOCK_FILL = 0.75  # a block format pays when stored blocks are at least this full
 COMPACT_GAIN = 0.9  # run channel-pruned when the kept rows x cols are at most this share of the weight
+SPARSE_FORMATS = ("csr", "bsr4x4", "bsr4x1")
 
 
 @dataclass
 class LayerRun:
-    """What one layer did in the last run."""
+    """What one ONNX node did in the last run."""
 
     name: str
     op: str
-    format: str  # dense | compact | csr | bsr4x4 | bsr4x1 | numpy
+    format: str  # dense | compact | csr | bsr4x4 | bsr4x1 | hashed | reuse | numpy | fused
     macs_executed: int
     dense_macs: int
     weight_bytes: int
-    activation_bytes: int
-    seconds: float
+    activation_bytes: int  # non-initializer inputs + outputs of this node, as if run unfused
+    seconds: float  # 0 for a node fused into its host (the host's step time includes it)
 
 
 def choose_format(w2: np.ndarray, *, allow_compact: bool = True) -> str:
@@ -85,6 +109,20 @@ def _pack(fmt: str, w2: np.ndarray):
     return np.ascontiguousarray(w2, dtype=np.float32)
 
 
+def _dense_operator(w2: np.ndarray) -> CompactWeight:
+    """A dense [M, K] weight as a CompactWeight that keeps everything: CompactWeight packs it for
+    skinny_gemm when it has few rows (kernels.conv's rule), which ``_gemm_into`` then uses."""
+    w2 = np.ascontiguousarray(w2, dtype=np.float32)
+    return CompactWeight(w2, np.arange(w2.shape[0]), np.arange(w2.shape[1]), tuple(w2.shape))
+
+
+def _gemm_into(op: CompactWeight, x: np.ndarray, out: np.ndarray, threads: int) -> np.ndarray:
+    """out[M', N] = op.weight @ x[K', N]: skinny_gemm where conv.use_skinny says it wins, else BLAS."""
+    if op.skinny is not None and use_skinny(op.weight.shape[0], x.shape[1]):
+        return skinny_gemm(op.skinny, x, out=out, threads=threads)
+    return np.matmul(op.weight, x, out=out)
+
+
 def layer_names(graph: onnx.GraphProto) -> list[str]:
     """Node name, or ``{op_type}_{index}`` (then ``_1``, ``_2`` ...) when empty or taken: the
     same rule as ``energy.importer.layer_names`` (kernels may not import energy), so the
@@ -124,25 +162,54 @@ def _conv_pads(attrs: dict, x_hw: tuple[int, int], kernel: tuple[int, int], stri
     return pads_begin + pads_end
 
 
-def _pool(x: np.ndarray, attrs: dict, kind: str) -> np.ndarray:
-    kernel = tuple(attrs["kernel_shape"])
-    strides = tuple(attrs.get("strides", [1] * len(kernel)))
-    dil = tuple(attrs.get("dilations", [1] * len(kernel)))
-    pads = _conv_pads(attrs, x.shape[2:], kernel, strides, dil)
-    if attrs.get("ceil_mode", 0):
-        raise ValueError("ceil_mode=1 pooling is not supported by the runner")
-    fill = -np.inf if kind == "max" else 0.0
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), constant_values=fill)
-    span = tuple((k - 1) * d + 1 for k, d in zip(kernel, dil))
-    win = sliding_window_view(xp, span, axis=(2, 3))[:, :, :: strides[0], :: strides[1], :: dil[0], :: dil[1]]
-    if kind == "max":
-        return win.max(axis=(-2, -1)).astype(np.float32)
-    total = win.sum(axis=(-2, -1))
-    if attrs.get("count_include_pad", 0):
-        return (total / (kernel[0] * kernel[1])).astype(np.float32)
-    ones = np.pad(np.ones((1, 1) + x.shape[2:], np.float32), ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    count = sliding_window_view(ones, span, axis=(2, 3))[:, :, :: strides[0], :: strides[1], :: dil[0], :: dil[1]].sum(axis=(-2, -1))
-    return (total / count).astype(np.float32)
+class _Pool:
+    """Max / average pooling as a max (sum) over the R*S strided slices of the padded input:
+    R*S whole-array NumPy calls that keep the input's memory layout. The geometry (pads,
+    slices, the divisor) is worked out once per input shape."""
+
+    def __init__(self, attrs: dict, kind: str):
+        self.kernel = tuple(attrs["kernel_shape"])
+        if len(self.kernel) != 2:
+            raise ValueError(f"only 2-D pooling is supported, got kernel_shape {self.kernel}")
+        if attrs.get("ceil_mode", 0):
+            raise ValueError("ceil_mode=1 pooling is not supported by the runner")
+        self.attrs, self.kind, self.shape = attrs, kind, None
+        self.strides = tuple(attrs.get("strides", [1, 1]))
+        self.dil = tuple(attrs.get("dilations", [1, 1]))
+
+    def _plan(self, shape: tuple[int, ...]) -> None:
+        if len(shape) != 4:
+            raise ValueError(f"pooling needs an [N, C, H, W] input, got shape {shape}")
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dil
+        pads = _conv_pads(self.attrs, shape[2:], self.kernel, self.strides, self.dil)
+        self.pads = ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])) if any(pads) else None
+        h, w = shape[2] + pads[0] + pads[2], shape[3] + pads[1] + pads[3]
+        p, q = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
+        if p < 1 or q < 1:
+            raise ValueError(f"the pooling window {self.kernel} does not fit the padded input {h}x{w}")
+        self.windows = [(slice(r * dh, r * dh + sh * (p - 1) + 1, sh), slice(s * dw, s * dw + sw * (q - 1) + 1, sw))
+                        for r in range(kh) for s in range(kw)]
+        self.divisor = np.float32(kh * kw)
+        if self.kind == "avg" and self.pads is not None and not self.attrs.get("count_include_pad", 0):
+            ones = np.pad(np.ones((1, 1) + tuple(shape[2:]), np.float32), self.pads)
+            self.divisor = sum(ones[:, :, a, b] for a, b in self.windows)
+        self.shape = shape
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.shape != self.shape:
+            self._plan(x.shape)
+        xp = x if self.pads is None else np.pad(x, self.pads, constant_values=-np.inf if self.kind == "max" else 0.0)
+        combine = np.maximum if self.kind == "max" else np.add
+        if len(self.windows) == 1:
+            out = np.array(xp[:, :, self.windows[0][0], self.windows[0][1]], dtype=np.float32)
+        else:  # the first combine allocates the output (in the input's layout)
+            (a0, b0), (a1, b1), *rest = self.windows
+            out = combine(xp[:, :, a0, b0], xp[:, :, a1, b1], dtype=np.float32)
+            for a, b in rest:
+                combine(out, xp[:, :, a, b], out=out)
+        if self.kind == "avg":
+            out /= self.divisor
+        return out
 
 
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
@@ -164,6 +231,10 @@ def _grouped_conv_numpy(x, w, b, strides, dil, groups) -> np.ndarray:
     return y.astype(np.float32)
 
 
+def _flatten(x: np.ndarray, axis: int) -> np.ndarray:
+    return x.reshape(math.prod(x.shape[:axis]), -1)
+
+
 SIMPLE_OPS = {
     "Relu": lambda x, a: np.maximum(x, 0),
     "LeakyRelu": lambda x, a: np.where(x >= 0, x, x * a.get("alpha", 0.01)),
@@ -180,76 +251,681 @@ SIMPLE_OPS = {
     "GlobalAveragePool": lambda x, a: x.mean(axis=(2, 3), keepdims=True),
     "GlobalMaxPool": lambda x, a: x.max(axis=(2, 3), keepdims=True),
     "Softmax": lambda x, a: _softmax(x, a.get("axis", -1)),
-    "Flatten": lambda x, a: x.reshape(int(np.prod(x.shape[: a.get("axis", 1)])), -1),
+    "Flatten": lambda x, a: _flatten(x, a.get("axis", 1)),
     "Transpose": lambda x, a: np.transpose(x, a.get("perm")),
-    "MaxPool": lambda x, a: _pool(x, a, "max"),
-    "AveragePool": lambda x, a: _pool(x, a, "avg"),
 }
 BINARY_OPS = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
 SUPPORTED_OPS = frozenset(SIMPLE_OPS) | frozenset(BINARY_OPS) | frozenset(
-    {"Conv", "Gemm", "MatMul", "BatchNormalization", "Clip", "Reshape", "Concat", "Squeeze", "Unsqueeze",
+    {"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "BatchNormalization", "Clip", "Reshape", "Concat", "Squeeze", "Unsqueeze",
      "Constant", "Shape", "Gather", "Cast"})
 # Custom ops by (domain, op_type). joulecut.HashedLinear: a SLIDE layer (see _prepare_hashed).
 # joulecut.ReuseConv: a Conv with adaptive deep reuse (see _reuse).
 CUSTOM_OPS = frozenset({("joulecut", "HashedLinear"), ("joulecut", "ReuseConv")})
 HASHED_MODES = {"batched": "batched", "per-sample": "per_sample"}
+FUSABLE_ACTIVATIONS = ("Relu", "Clip")
 
+
+# ---------------------------------------------------------------------------------------------
+# Compiled steps. Each runs on ``vals`` (one slot per tensor) and reports its nodes' LayerRuns.
+
+class _Graph:
+    """What steps need to know about the graph at compile time."""
+
+    def __init__(self, graph: onnx.GraphProto, names: list[str]):
+        self.names = names
+        self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.slot: dict[str, int] = {}
+        for name in self.constants:
+            self.slot_of(name)
+        for v in graph.input:
+            self.slot_of(v.name)
+        for node in graph.node:
+            for t in list(node.input) + list(node.output):
+                if t:
+                    self.slot_of(t)
+        self.outputs = {o.name for o in graph.output}
+        self.consumers: dict[str, list[int]] = {}
+        for i, node in enumerate(graph.node):
+            for t in set(node.input):
+                if t:
+                    self.consumers.setdefault(t, []).append(i)
+
+    def slot_of(self, tensor: str) -> int:
+        """The slot of a tensor name, -1 for an omitted optional input ("")."""
+        if not tensor:
+            return -1
+        return self.slot.setdefault(tensor, len(self.slot))
+
+    def counted(self, tensor: str) -> bool:
+        """Whether a node input counts as moved activation bytes (initializers do not)."""
+        return bool(tensor) and tensor not in self.constants
+
+    def sole_consumer(self, tensor: str) -> int | None:
+        users = self.consumers.get(tensor, [])
+        return users[0] if len(users) == 1 and tensor not in self.outputs else None
+
+
+def _nbytes(shape: tuple[int, ...], itemsize: int = 4) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * itemsize
+
+
+def _io_bytes(node: onnx.NodeProto, g: _Graph, vals: list) -> int:
+    total = 0
+    for t in node.input:
+        if g.counted(t) and vals[g.slot[t]] is not None:
+            total += np.asarray(vals[g.slot[t]]).nbytes
+    for t in node.output:
+        if t and vals[g.slot[t]] is not None:
+            total += np.asarray(vals[g.slot[t]]).nbytes
+    return total
+
+
+class _Epilogue:
+    """The Add (residual) / Relu / Clip nodes absorbed after a Conv or Gemm, applied in place in
+    graph order. Entries: ("add", slot, counted), ("relu",), ("clip", lo, hi)."""
+
+    def __init__(self):
+        self.ops: list[tuple] = []
+        self.nodes: list[tuple[int, onnx.NodeProto]] = []
+
+    def apply(self, y: np.ndarray, flat: np.ndarray | None, vals: list) -> np.ndarray:
+        """y: the logical output; flat: the same memory as one 2-D array (or None)."""
+        for op in self.ops:
+            kind = op[0]
+            if kind == "add":
+                r = vals[op[1]]
+                if r.shape == y.shape:
+                    np.add(y, r, out=y)
+                else:  # a broadcast that grows the output: leave the buffer alone
+                    y, flat = np.asarray(y + r, dtype=np.float32), None
+            elif kind == "relu":
+                target = flat if flat is not None else y
+                np.maximum(target, 0, out=target)
+            else:
+                target = flat if flat is not None else y
+                np.clip(target, op[1], op[2], out=target)
+        return y
+
+    def layer_runs(self, g: _Graph, shape: tuple[int, ...], vals: list) -> list[tuple[int, LayerRun]]:
+        """One LayerRun per absorbed node: the bytes it would have moved unfused."""
+        runs = []
+        ops = iter(self.ops)
+        for index, node in self.nodes:
+            if node.op_type == "BatchNormalization":
+                runs.append((index, LayerRun(g.names[index], node.op_type, "fused", 0, 0, 0, 2 * _nbytes(shape), 0.0)))
+                continue
+            op = next(ops)
+            moved = _nbytes(shape)
+            if op[0] == "add":
+                r = vals[op[1]]
+                shape = np.broadcast_shapes(shape, r.shape)
+                moved += r.nbytes if op[2] else 0
+            runs.append((index, LayerRun(g.names[index], node.op_type, "fused", 0, 0, 0, moved + _nbytes(shape), 0.0)))
+        return runs
+
+
+def _clip_bounds(node: onnx.NodeProto, g: _Graph) -> tuple[float, float] | None:
+    """Clip's (min, max) when both are attributes, initializers or absent; else None."""
+    a = _attrs(node)
+    bounds = [a.get("min", -np.inf), a.get("max", np.inf)]
+    for i in (1, 2):
+        if len(node.input) > i and node.input[i]:
+            if node.input[i] not in g.constants:
+                return None
+            bounds[i - 1] = float(g.constants[node.input[i]])
+    return float(bounds[0]), float(bounds[1])
+
+
+def _grow_epilogue(start: int, tensor: str, g: _Graph, nodes, claimed: set[int], ep: _Epilogue) -> tuple[int, str]:
+    """Absorb the Add / Relu / Clip chain after ``tensor``: (index of the last node, its output)."""
+    last = start
+    while (j := g.sole_consumer(tensor)) is not None and j not in claimed:
+        node = nodes[j]
+        if node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+            break
+        if node.op_type == "Relu":
+            ep.ops.append(("relu",))
+        elif node.op_type == "Clip" and (bounds := _clip_bounds(node, g)) is not None:
+            ep.ops.append(("clip", *bounds))
+        elif node.op_type == "Add" and len(node.input) == 2 and list(node.input).count(tensor) == 1:
+            other = node.input[1] if node.input[0] == tensor else node.input[0]
+            ep.ops.append(("add", g.slot[other], g.counted(other)))
+        else:
+            break
+        ep.nodes.append((j, node))
+        claimed.add(j)
+        last, tensor = j, node.output[0]
+    return last, tensor
+
+
+class _Im2col:
+    """cols[C*R*S, N*P*Q] of x (any strides) into buffers kept between calls; the zero-padded
+    copy is channel-major, [C, N, H+2p, W+2p], so the column copy reads whole rows. A 1x1
+    stride-1 unpadded conv of a channel-major input needs no copy at all."""
+
+    def __init__(self, kernel, stride, pad, dil):
+        self.kernel, self.stride, self.pad, self.dil = kernel, stride, pad, dil
+        self.shape = None
+
+    def _plan(self, shape):
+        n, c, h, w = shape
+        (r, s), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.pad, self.dil
+        self.shape = shape
+        self.identity = (r, s, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0)
+        if self.identity:
+            return
+        self.xp = np.zeros((c, n, h + 2 * ph, w + 2 * pw), np.float32)
+        self.interior = self.xp[:, :, ph:ph + h, pw:pw + w]
+        span = ((r - 1) * dh + 1, (s - 1) * dw + 1)
+        win = sliding_window_view(self.xp, span, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]  # C N P Q R S
+        self.source = win.transpose(0, 4, 5, 1, 2, 3)
+        p, q = win.shape[2], win.shape[3]
+        self.cols = np.empty((c * r * s, n * p * q), np.float32)
+        self.target = self.cols.reshape(c, r, s, n, p, q)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.shape != self.shape:
+            self._plan(x.shape)
+        xt = x.transpose(1, 0, 2, 3)  # channel-major view
+        if self.identity:
+            n, c, h, w = x.shape
+            return xt.reshape(c, n * h * w)  # a view when x is channel-major, else a copy
+        np.copyto(self.interior, xt)
+        np.copyto(self.target, self.source)
+        return self.cols
+
+
+class _ConvStep:
+    """A Conv with a constant weight (and bias), optionally with a folded BatchNormalization
+    and an epilogue; writes [M, N*P*Q] into a kept buffer and hands on its [N, M, P, Q] view."""
+
+    def __init__(self, index: int, node: onnx.NodeProto, g: _Graph, mode: str, threads: int,
+                 fuse: bool, claimed: set[int], nodes):
+        self.g, self.index, self.node, self.threads = g, index, node, threads
+        name = g.names[index]
+        a = _attrs(node)
+        w = g.constants[node.input[1]].astype(np.float32)
+        if w.ndim != 4:
+            raise ValueError(f"node '{name}': only 2-D Conv is supported by the kernel runner")
+        bias_name = node.input[2] if len(node.input) > 2 else ""
+        bias = g.constants[bias_name].astype(np.float64) if bias_name else None
+        self.groups = int(a.get("group", 1))
+        m, cg = w.shape[:2]
+        if m % self.groups:
+            raise ValueError(f"node '{name}': group={self.groups} does not divide the {m} output channels")
+        self.attrs, self.kernel = a, tuple(w.shape[2:])
+        self.strides = tuple(a.get("strides", [1, 1]))
+        self.dil = tuple(a.get("dilations", [1, 1]))
+        self.in_channels = cg * self.groups
+        self.dense_per_col = int(np.prod(w.shape[1:]))
+        self.x_slot = g.slot[node.input[0]]
+        self.epilogue = _Epilogue()
+        last, out = index, node.output[0]
+        if fuse:
+            w, bias, last, out = self._fold_batchnorm(w, bias, out, nodes, claimed, last)
+            last, out = _grow_epilogue(last, out, g, nodes, claimed, self.epilogue)
+        self.last, self.out_slot = last, g.slot[out]
+        self.bias_col = None if bias is None else bias.astype(np.float32).reshape(-1, 1)
+        self._prepare_weight(w, mode)
+        self.shape = None
+
+    def _fold_batchnorm(self, w, bias, out, nodes, claimed, last):
+        """Fold an inference BatchNormalization right after the conv into w and bias, when that
+        keeps the zero pattern (and hence the MACs the kernels execute) exactly."""
+        j = self.g.sole_consumer(out)
+        if j is None or j in claimed:
+            return w, bias, last, out
+        bn = nodes[j]
+        params = list(bn.input[1:5])
+        if (bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or len(bn.output) != 1
+                or len(params) != 4 or any(p not in self.g.constants for p in params)
+                or _attrs(bn).get("training_mode", 0)):
+            return w, bias, last, out
+        scale, shift, mean, var = (self.g.constants[p].astype(np.float64).reshape(-1) for p in params)
+        if any(v.shape != (w.shape[0],) for v in (scale, shift, mean, var)):
+            return w, bias, last, out
+        factor = scale / np.sqrt(var + _attrs(bn).get("epsilon", 1e-5))
+        folded = (w.astype(np.float64) * factor[:, None, None, None]).astype(np.float32)
+        if not np.array_equal(folded != 0, w != 0):
+            return w, bias, last, out
+        bias = ((bias if bias is not None else 0.0) - mean) * factor + shift
+        self.epilogue.nodes.append((j, bn))
+        claimed.add(j)
+        return folded, bias, j, bn.output[0]
+
+    def _prepare_weight(self, w: np.ndarray, mode: str) -> None:
+        w2 = w.reshape(w.shape[0], -1)
+        fmt = "dense" if mode == "dense" else choose_format(w2, allow_compact=self.groups == 1)
+        if self.groups > 1 and fmt.startswith("bsr") and (w.shape[0] // self.groups) % 4:
+            fmt = "csr"
+        self.format, self.weight = fmt, w
+        if fmt in SPARSE_FORMATS:
+            packed = _pack(fmt, w2)
+            mg = w.shape[0] // self.groups
+            self.group_weights = [packed] if self.groups == 1 else [
+                packed.row_slice(g * mg, (g + 1) * mg) for g in range(self.groups)]
+            self.macs_per_col = sum(p.macs(1) for p in self.group_weights)
+        elif fmt == "compact":
+            packed = compact_channels(w)
+            kept = packed.weight
+            k_kept = int(np.prod(kept.shape[1:]))
+            self.operator = CompactWeight(kept.reshape(kept.shape[0], k_kept), packed.out_index,
+                                          np.arange(k_kept), (w.shape[0], k_kept))
+            self.in_index = None if packed.in_index.size == w.shape[1] else packed.in_index
+            self.dropped = np.setdiff1d(np.arange(w.shape[0]), packed.out_index)
+            self.macs_per_col = int(kept.size)
+        elif self.groups == 1:
+            packed = w
+            self.operator, self.in_index, self.dropped = _dense_operator(w2), None, np.empty(0, np.int64)
+            self.macs_per_col = int(w.size)
+        else:
+            packed = w
+            self.macs_per_col = int(w.size)  # per output pixel: M x C/groups x R x S
+        self.packed = packed
+        self.weight_bytes = _weight_bytes(fmt, packed)
+
+    def _plan(self, shape: tuple[int, ...]) -> None:
+        """Geometry and buffers for one input shape (kept until the shape changes)."""
+        name = self.g.names[self.index]
+        if len(shape) != 4 or shape[1] != self.in_channels:
+            raise ValueError(f"node '{name}': Conv input must be [N, {self.in_channels}, H, W], got {shape}")
+        n, _, h, w = shape
+        pads = _conv_pads(self.attrs, (h, w), self.kernel, self.strides, self.dil)
+        self.pre_pad = None
+        if pads[0] != pads[2] or pads[1] != pads[3]:
+            self.pre_pad = ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3]))
+            h, w, self.pad = h + pads[0] + pads[2], w + pads[1] + pads[3], (0, 0)
+        else:
+            self.pad = (pads[0], pads[1])
+        m = self.weight.shape[0]
+        p = (h + 2 * self.pad[0] - (self.kernel[0] - 1) * self.dil[0] - 1) // self.strides[0] + 1
+        q = (w + 2 * self.pad[1] - (self.kernel[1] - 1) * self.dil[1] - 1) // self.strides[1] + 1
+        if p < 1 or q < 1:
+            raise ValueError(f"node '{name}': the kernel {self.kernel} does not fit the padded input {h}x{w}")
+        self.out_shape, self.cols = (n, m, p, q), n * p * q
+        self.flat = np.empty((m, n * p * q), np.float32)
+        self.view = self.flat.reshape(m, n, p, q).transpose(1, 0, 2, 3)
+        if self.format == "compact":
+            self.kept = np.empty((self.operator.weight.shape[0], n * p * q), np.float32)
+        if self.format in ("dense", "compact") and self.groups == 1:
+            self.im2col = _Im2col(self.kernel, self.strides, self.pad, self.dil)
+        self.shape = shape
+
+    def run(self, vals: list) -> None:
+        x = vals[self.x_slot]
+        if x.shape != self.shape:
+            self._plan(x.shape)
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        if self.pre_pad is not None:
+            x = np.pad(x, self.pre_pad)
+        flat, y = self.flat, self.view
+        if self.format in SPARSE_FORMATS:
+            self._sparse(x, flat)
+        elif self.groups == 1:
+            self._dense(x, flat)
+        else:  # grouped dense (depthwise): reference-quality NumPy, NCHW
+            xp = np.pad(x, ((0, 0), (0, 0), (self.pad[0],) * 2, (self.pad[1],) * 2))
+            y = _grouped_conv_numpy(xp, self.weight, None, self.strides, self.dil, self.groups)
+            flat = None
+        if self.bias_col is not None:
+            if flat is not None:
+                flat += self.bias_col
+            else:
+                y += self.bias_col.reshape(1, -1, 1, 1)
+        vals[self.out_slot] = self.epilogue.apply(y, flat, vals) if self.epilogue.ops else y
+
+    def _sparse(self, x: np.ndarray, flat: np.ndarray) -> None:
+        if self.groups == 1:
+            spmm_im2col(self.group_weights[0], x, self.kernel, self.strides, self.pad, self.dil,
+                        out=flat, threads=self.threads)
+            return
+        cg, mg = self.in_channels // self.groups, self.weight.shape[0] // self.groups
+        for g, wg in enumerate(self.group_weights):
+            spmm_im2col(wg, x[:, g * cg:(g + 1) * cg], self.kernel, self.strides, self.pad, self.dil,
+                        out=flat[g * mg:(g + 1) * mg], threads=self.threads)
+
+    def _dense(self, x: np.ndarray, flat: np.ndarray) -> None:
+        if self.in_index is not None:
+            x = x[:, self.in_index]
+        cols = self.im2col(x)
+        if self.format == "dense":
+            _gemm_into(self.operator, cols, flat, self.threads)
+            return
+        _gemm_into(self.operator, cols, self.kept, self.threads)
+        flat[self.operator.out_index] = self.kept
+        if self.dropped.size:
+            flat[self.dropped] = 0.0
+
+    def layer_runs(self, vals: list, seconds: float) -> list[tuple[int, LayerRun]]:
+        g, n_cols = self.g, self.cols
+        x_bytes = vals[self.x_slot].nbytes
+        dense_macs = n_cols * self.weight.shape[0] * self.dense_per_col
+        host = LayerRun(g.names[self.index], "Conv", self.format, self.macs_per_col * n_cols, dense_macs,
+                        self.weight_bytes, x_bytes + _nbytes(self.out_shape), seconds)
+        return [(self.index, host)] + self.epilogue.layer_runs(g, self.out_shape, vals)
+
+
+class _GemmStep:
+    """Gemm (transA=0) or MatMul with a constant 2-D weight, bias and epilogue fused."""
+
+    def __init__(self, index: int, node: onnx.NodeProto, g: _Graph, mode: str, threads: int,
+                 fuse: bool, claimed: set[int], nodes):
+        self.g, self.index, self.node, self.threads = g, index, node, threads
+        a = _attrs(node)
+        b = g.constants[node.input[1]].astype(np.float32)
+        w2 = b if (node.op_type == "Gemm" and a.get("transB", 0)) else b.T  # [F, K]
+        if node.op_type == "Gemm":
+            w2 = w2 * np.float32(a.get("alpha", 1.0))
+        w2 = np.ascontiguousarray(w2, dtype=np.float32)
+        self.features, self.k = w2.shape
+        c_name = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else ""
+        self.bias = None
+        if c_name:
+            self.bias = (np.float32(a.get("beta", 1.0)) * g.constants[c_name]).astype(np.float32)
+        self.x_slot = g.slot[node.input[0]]
+        self.epilogue = _Epilogue()
+        last, out = index, node.output[0]
+        if fuse:
+            last, out = _grow_epilogue(last, out, g, nodes, claimed, self.epilogue)
+        self.last, self.out_slot = last, g.slot[out]
+        fmt = "dense" if mode == "dense" else choose_format(w2)
+        self.format = fmt
+        self.packed = _pack(fmt, w2)
+        self.weight_bytes = _weight_bytes(fmt, self.packed)
+        if fmt == "dense":
+            self.wt = np.ascontiguousarray(w2.T)  # [K, F]: x[B, K] @ wt is [B, F], C order
+            self.macs_per_row = int(w2.size)
+        elif fmt == "compact":
+            cw = self.operator = self.packed  # _gemm_into reads only its kept weight (and skinny)
+            self.in_index = None if cw.in_index.size == self.k else cw.in_index
+            self.dropped = np.setdiff1d(np.arange(self.features), cw.out_index)
+            self.macs_per_row = int(cw.weight.size)
+        else:
+            self.macs_per_row = self.packed.macs(1)
+        self.rows = None
+
+    def _plan(self, rows: int) -> None:
+        if self.format == "dense":
+            self.flat = np.empty((rows, self.features), np.float32)
+            self.view = self.flat
+        else:  # the kernels produce [F, B]; hand on its [B, F] view
+            self.flat = np.empty((self.features, rows), np.float32)
+            self.view = self.flat.T
+        if self.format == "compact":
+            self.kept = np.empty((self.operator.weight.shape[0], rows), np.float32)
+        self.bias_in_place = True
+        if self.bias is not None:
+            try:
+                self.bias_in_place = np.broadcast_shapes(self.bias.shape, self.view.shape) == self.view.shape
+            except ValueError:
+                raise ValueError(f"node '{self.g.names[self.index]}': bias C of shape {self.bias.shape} does not "
+                                 f"broadcast to the output [{rows}, {self.features}]") from None
+        self.rows = rows
+
+    def run(self, vals: list) -> None:
+        x = vals[self.x_slot]
+        if x.ndim < 1 or x.shape[-1] != self.k or (self.node.op_type == "Gemm" and x.ndim != 2):
+            raise ValueError(f"node '{self.g.names[self.index]}': input must be [..., {self.k}]"
+                             f"{' (2-D for Gemm)' if self.node.op_type == 'Gemm' else ''}, got shape {x.shape}")
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        lead = x.shape[:-1]
+        x2 = x if x.ndim == 2 else x.reshape(-1, self.k)
+        if x2.shape[0] != self.rows:
+            self._plan(x2.shape[0])
+        y = self.view
+        if self.format == "dense":
+            np.matmul(x2, self.wt, out=self.flat)
+        elif self.format == "compact":
+            xt = x2.T if self.in_index is None else x2.T[self.in_index]
+            _gemm_into(self.operator, xt, self.kept, self.threads)
+            self.flat[self.operator.out_index] = self.kept
+            if self.dropped.size:
+                self.flat[self.dropped] = 0.0
+        else:
+            spmm(self.packed, x2.T, out=self.flat, threads=self.threads)
+        if self.bias is not None:
+            if self.bias_in_place:
+                y += self.bias
+            else:
+                y = y + self.bias
+        flat = self.flat if y is self.view else None
+        if len(lead) != 1:  # MatMul of an N-D input: the epilogue sees the [..., F] shape
+            y, flat = y.reshape(*lead, self.features), None
+        vals[self.out_slot] = self.epilogue.apply(y, flat, vals) if self.epilogue.ops else y
+
+    def layer_runs(self, vals: list, seconds: float) -> list[tuple[int, LayerRun]]:
+        g = self.g
+        x = vals[self.x_slot]
+        rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+        shape = tuple(x.shape[:-1]) + (self.features,)
+        if self.bias is not None:
+            shape = np.broadcast_shapes(shape, self.bias.shape)
+        host = LayerRun(g.names[self.index], self.node.op_type, self.format, self.macs_per_row * rows,
+                        rows * self.features * self.k, self.weight_bytes, x.nbytes + _nbytes(shape), seconds)
+        return [(self.index, host)] + self.epilogue.layer_runs(g, shape, vals)
+
+
+class _NodeStep:
+    """One node run by a prepared function ``fn(ins) -> (outputs, macs, dense_macs, format,
+    weight_bytes)``; the work figures are kept for ``last_run``."""
+
+    def __init__(self, index: int, node: onnx.NodeProto, g: _Graph, fn):
+        self.g, self.index, self.node, self.last, self.fn = g, index, node, index, fn
+        self.in_slots = [g.slot_of(t) for t in node.input]
+        self.out_slots = [g.slot[t] for t in node.output if t]
+        self.work = (0, 0, "numpy", 0)
+
+    def run(self, vals: list) -> None:
+        outs, *work = self.fn([vals[i] if i >= 0 else None for i in self.in_slots])
+        self.work = work
+        for slot, value in zip(self.out_slots, outs):
+            vals[slot] = value
+
+    def layer_runs(self, vals: list, seconds: float) -> list[tuple[int, LayerRun]]:
+        macs, dense_macs, fmt, w_bytes = self.work
+        name = self.g.names[self.index]
+        return [(self.index, LayerRun(name, self.node.op_type, fmt, int(macs), int(dense_macs), int(w_bytes),
+                                      _io_bytes(self.node, self.g, vals), seconds))]
+
+
+class _SimpleStep(_NodeStep):
+    """A single-output NumPy op without MACs: ``fn(ins) -> output``."""
+
+    def run(self, vals: list) -> None:
+        vals[self.out_slots[0]] = self.fn([vals[i] if i >= 0 else None for i in self.in_slots])
+
+
+def _numpy_op(op: str, a: dict, name: str):
+    """The prepared function of a non-weight op: ins -> output (a single array)."""
+    if op in ("MaxPool", "AveragePool"):
+        pool = _Pool(a, "max" if op == "MaxPool" else "avg")
+        return lambda ins: pool(ins[0])
+    if op in SIMPLE_OPS:
+        f = SIMPLE_OPS[op]
+
+        def simple(ins):
+            y = f(ins[0], a)
+            return y if getattr(y, "dtype", None) == ins[0].dtype else np.asarray(y, dtype=ins[0].dtype)
+        return simple
+    if op in BINARY_OPS:
+        f = BINARY_OPS[op]
+        return lambda ins: f(ins[0], ins[1]).astype(np.result_type(ins[0], ins[1]), copy=False)
+    if op == "Clip":
+        def clip(ins):
+            lo = ins[1] if len(ins) > 1 and ins[1] is not None else a.get("min", -np.inf)
+            hi = ins[2] if len(ins) > 2 and ins[2] is not None else a.get("max", np.inf)
+            return np.clip(ins[0], lo, hi).astype(ins[0].dtype, copy=False)
+        return clip
+    if op == "Reshape":
+        def reshape(ins):
+            shape = [int(s) for s in ins[1]]
+            shape = [ins[0].shape[i] if s == 0 and not a.get("allowzero", 0) else s for i, s in enumerate(shape)]
+            return ins[0].reshape(shape)
+        return reshape
+    if op == "Concat":
+        return lambda ins: np.concatenate(ins, axis=a["axis"])
+    if op in ("Squeeze", "Unsqueeze"):
+        def squeeze(ins):
+            axes = a.get("axes") if "axes" in a else [int(v) for v in ins[1]] if len(ins) > 1 and ins[1] is not None else None
+            if op == "Squeeze":
+                return np.squeeze(ins[0], axis=tuple(axes) if axes is not None else None)
+            return np.expand_dims(ins[0], axis=tuple(axes))
+        return squeeze
+    if op == "Constant":
+        value = numpy_helper.to_array(a["value"])
+        return lambda ins: value
+    if op == "Shape":
+        return lambda ins: np.array(ins[0].shape, dtype=np.int64)
+    if op == "Gather":
+        return lambda ins: np.take(ins[0], ins[1], axis=a.get("axis", 0))
+    if op == "Cast":
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(a["to"])
+        return lambda ins: ins[0].astype(dtype)
+    if op == "BatchNormalization":
+        def batchnorm(ins):
+            x, scale, bias, mean, var = ins[:5]
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            inv = scale / np.sqrt(var + a.get("epsilon", 1e-5))
+            return ((x - mean.reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)).astype(np.float32)
+        return batchnorm
+    raise ValueError(f"node '{name}': op {op} is not supported by the kernel runner")
+
+
+def _numpy_gemm(a: dict):
+    def gemm(ins):
+        x, b = ins[0], ins[1]
+        x = x.T if a.get("transA", 0) else x
+        b = b.T if a.get("transB", 0) else b
+        y = a.get("alpha", 1.0) * (x @ b)
+        if len(ins) > 2 and ins[2] is not None:
+            y = y + a.get("beta", 1.0) * ins[2]
+        macs = x.shape[0] * x.shape[1] * b.shape[1]
+        return [y.astype(np.float32)], macs, macs, "numpy", 0
+    return gemm
+
+
+def _numpy_matmul(ins):
+    y = np.matmul(ins[0], ins[1])
+    macs = int(np.prod(y.shape)) * ins[0].shape[-1]
+    return [y.astype(np.float32)], macs, macs, "numpy", 0
+
+
+def _numpy_conv(name: str, a: dict):
+    """A Conv whose weight (or bias) is computed at run time: NumPy, counted dense."""
+    def conv(ins):
+        x, w = ins[0], ins[1].astype(np.float32)
+        bias = ins[2].astype(np.float32) if len(ins) > 2 and ins[2] is not None else None
+        kernel = tuple(w.shape[2:])
+        if len(kernel) != 2:
+            raise ValueError(f"node '{name}': only 2-D Conv is supported by the kernel runner")
+        strides, dil = tuple(a.get("strides", [1, 1])), tuple(a.get("dilations", [1, 1]))
+        pads = _conv_pads(a, x.shape[2:], kernel, strides, dil)
+        xp = np.pad(np.asarray(x, dtype=np.float32), ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        y = _grouped_conv_numpy(xp, w, bias, strides, dil, a.get("group", 1))
+        macs = int(np.prod(y.shape)) * int(np.prod(w.shape[1:]))
+        return [y], macs, macs, "numpy", int(w.size) * 4
+    return conv
+
+
+# ---------------------------------------------------------------------------------------------
 
 class GraphRunner:
     """Runs an ONNX model (path or ModelProto) on the kernels.
 
     ``mode="auto"`` picks each weight layer's format from its weight; ``mode="dense"`` runs
     every weight layer dense (the baseline the validator times against). ``threads`` is passed
-    to the sparse kernels."""
+    to the sparse kernels. ``fuse=False`` runs every node as its own step (same outputs within
+    rounding, same counts; for checking the fusion)."""
 
-    def __init__(self, model: str | os.PathLike | onnx.ModelProto, *, mode: str = "auto", threads: int = 1):
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, *, mode: str = "auto", threads: int = 1,
+                 fuse: bool = True):
         if mode not in ("auto", "dense"):
             raise ValueError(f"mode must be 'auto' or 'dense', got {mode!r}")
         proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
         self.graph = proto.graph
-        self.mode, self.threads = mode, threads
+        self.mode, self.threads, self.fuse = mode, threads, fuse
         self.names = layer_names(self.graph)
-        self.constants = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
-        init_names = set(self.constants)
-        self.inputs = [i.name for i in self.graph.input if i.name not in init_names]
-        self.outputs = [o.name for o in self.graph.output]
         for name, node in zip(self.names, self.graph.node):
             if (node.domain, node.op_type) in CUSTOM_OPS:
                 continue
             if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS:
                 raise ValueError(f"node '{name}': op {node.domain + '.' if node.domain else ''}{node.op_type} "
                                  "is not supported by the kernel runner")
+        self._g = _Graph(self.graph, self.names)
+        self.constants = self._g.constants
+        self.inputs = [i.name for i in self.graph.input if i.name not in self.constants]
+        self.outputs = [o.name for o in self.graph.output]
         self.packed: dict[str, tuple[str, object]] = {}
-        for name, node in zip(self.names, self.graph.node):
-            self._prepare(name, node)
-        self.last_run: list[LayerRun] = []
+        self._steps = self._compile()
+        self._template: list = [None] * len(self._g.slot)
+        for name, value in self.constants.items():
+            self._template[self._g.slot[name]] = value
+        self._output_slots = [self._g.slot[o] for o in self.outputs]
+        self._seconds = [0.0] * len(self._steps)
+        self._vals: list | None = None
+        self._last_run: list[LayerRun] | None = []
 
-    def _prepare(self, name: str, node: onnx.NodeProto) -> None:
-        attrs = _attrs(node)
-        if node.domain == "joulecut" and node.op_type == "HashedLinear":
-            self._prepare_hashed(name, node, attrs)
-        elif node.op_type == "Conv" and node.input[1] in self.constants:
-            w = self.constants[node.input[1]].astype(np.float32)
-            groups = attrs.get("group", 1)
-            w2 = w.reshape(w.shape[0], -1)
-            fmt = "dense" if self.mode == "dense" else choose_format(w2, allow_compact=groups == 1)
-            if groups > 1 and fmt.startswith("bsr") and (w.shape[0] // groups) % 4:
-                fmt = "csr"
-            self.packed[name] = (fmt, compact_channels(w) if fmt == "compact" else (w if fmt == "dense" else _pack(fmt, w2)))
-        elif node.op_type in ("Gemm", "MatMul"):
-            b_name = node.input[1]
-            if b_name not in self.constants or (node.op_type == "Gemm" and attrs.get("transA", 0)):
-                return
-            b = self.constants[b_name].astype(np.float32)
-            if b.ndim != 2:
-                return
-            w2 = b if (node.op_type == "Gemm" and attrs.get("transB", 0)) else b.T  # [F, K]
-            if node.op_type == "Gemm":
-                w2 = w2 * np.float32(attrs.get("alpha", 1.0))
-            fmt = "dense" if self.mode == "dense" else choose_format(w2)
-            self.packed[name] = (fmt, _pack(fmt, np.ascontiguousarray(w2)))
+    # -- compilation ----------------------------------------------------------------------------
+    def _compile(self) -> list:
+        """Steps in execution order: a fused step runs where its last node stood (its inputs are
+        all ready there; its intermediates have no other consumer)."""
+        nodes, g = list(self.graph.node), self._g
+        known = set(g.constants) | {v.name for v in self.graph.input}
+        for name, node in zip(self.names, nodes):
+            absent = [t for t in node.input if t and t not in known]
+            if absent:
+                raise ValueError(f"node '{name}': input(s) {', '.join(absent)} are neither graph inputs, "
+                                 "initializers nor outputs of an earlier node")
+            known.update(t for t in node.output if t)
+        claimed: set[int] = set()
+        by_last: dict[int, object] = {}
+        for i, node in enumerate(nodes):
+            if i in claimed:
+                continue
+            step = self._step(i, node, claimed, nodes)
+            claimed.add(i)
+            by_last[step.last] = step
+        return [by_last[i] for i in sorted(by_last)]
 
-    def _prepare_hashed(self, name: str, node: onnx.NodeProto, a: dict) -> None:
+    def _step(self, i: int, node: onnx.NodeProto, claimed: set[int], nodes):
+        g, name = self._g, self.names[i]
+        a = _attrs(node)
+        op = node.op_type
+        if node.domain == "joulecut" and op == "HashedLinear":
+            return _NodeStep(i, node, g, self._prepare_hashed(name, node, a))
+        if node.domain == "joulecut" and op == "ReuseConv":
+            return _NodeStep(i, node, g, self._reuse_fn(name, a))
+        if op == "Conv":
+            if len(node.input) > 1 and node.input[1] in g.constants and (len(node.input) < 3 or not node.input[2]
+                                                 or node.input[2] in g.constants):
+                step = _ConvStep(i, node, g, self.mode, self.threads, self.fuse, claimed, nodes)
+                self.packed[name] = (step.format, step.packed)
+                return step
+            return _NodeStep(i, node, g, _numpy_conv(name, a))
+        if op in ("Gemm", "MatMul") and self._gemm_on_kernels(node, a):
+            step = _GemmStep(i, node, g, self.mode, self.threads, self.fuse, claimed, nodes)
+            self.packed[name] = (step.format, step.packed)
+            return step
+        if op == "Gemm":
+            return _NodeStep(i, node, g, _numpy_gemm(a))
+        if op == "MatMul":
+            return _NodeStep(i, node, g, _numpy_matmul)
+        if len([t for t in node.output if t]) == 1:
+            return _SimpleStep(i, node, g, _numpy_op(op, a, name))
+        fn = _numpy_op(op, a, name)
+        return _NodeStep(i, node, g, lambda ins: ([fn(ins)], 0, 0, "numpy", 0))
+
+    def _gemm_on_kernels(self, node: onnx.NodeProto, a: dict) -> bool:
+        c = self._g.constants
+        if len(node.input) < 2 or node.input[1] not in c or c[node.input[1]].ndim != 2:
+            return False
+        if node.op_type == "MatMul":
+            return True
+        return not a.get("transA", 0) and (len(node.input) < 3 or not node.input[2] or node.input[2] in c)
+
+    def _prepare_hashed(self, name: str, node: onnx.NodeProto, a: dict):
         """joulecut.HashedLinear(X, W [out, in], B [out], offsets?, ids?), attributes K, L,
         family, seed, mode (+ density for simhash, bin_size for dwta). The hash functions and
         bucket tables are rebuilt from W and seed; stored tables (int32 ``bucket_offsets``
@@ -279,157 +955,75 @@ class GraphRunner:
             rebuilt = [layer.tables.offsets, layer.tables.ids][:len(stored)]
             if any(s.shape != r.shape or not np.array_equal(s, r) for s, r in zip(stored, rebuilt)):
                 raise fail("stored bucket tables differ from the tables rebuilt from W and seed")
-        self.packed[name] = ("hashed", (layer, HASHED_MODES[text["mode"]]))
+        mode = HASHED_MODES[text["mode"]]
+        self.packed[name] = ("hashed", (layer, mode))
 
-    def _reuse(self, name: str, node: onnx.NodeProto, a: dict, ins: list):
+        def hashed(ins):
+            x = ins[0]
+            if x.shape[-1] != layer.n_in:
+                raise ValueError(f"node '{name}': input must have {layer.n_in} features, got shape {x.shape}")
+            lead = x.shape[:-1]
+            x2 = np.ascontiguousarray(x.reshape(-1, layer.n_in), dtype=np.float32)
+            y = layer.forward_sparse(x2, mode).to_dense().reshape(*lead, layer.n_out)
+            dense_macs = x2.shape[0] * layer.n_out * layer.n_in
+            return [y], layer.macs_executed, dense_macs, "hashed", layer.bytes_gathered
+        return hashed
+
+    def _reuse_fn(self, name: str, a: dict):
         """joulecut.ReuseConv(X, W [M, C, R, S], B?): groups=1 Conv with symmetric pads and equal
         strides, attributes sub_len, n_hashes, seed (and Conv's strides, pads, kernel_shape)."""
-        x, w = ins[0], ins[1].astype(np.float32)
-        bias = ins[2].astype(np.float32) if len(ins) > 2 and ins[2] is not None else None
         strides, pads = list(a.get("strides", [1, 1])), list(a.get("pads", [0, 0, 0, 0]))
         if len(set(strides)) != 1 or len(set(pads)) != 1 or a.get("group", 1) != 1:
             raise ValueError(f"node '{name}': joulecut.ReuseConv needs equal strides, equal pads and group 1")
-        y, stats = reuse_conv2d(np.ascontiguousarray(x, dtype=np.float32), w, bias, stride=int(strides[0]),
-                                pad=int(pads[0]), sub_len=int(a["sub_len"]), n_hashes=int(a["n_hashes"]),
-                                seed=int(a.get("seed", 0)), compute_error=False, num_threads=self.threads)
-        return [np.ascontiguousarray(y)], stats.macs_executed, stats.macs_dense, "reuse", int(w.size) * 4
 
-    def _hashed(self, name: str, ins: list):
-        layer, mode = self.packed[name][1]
-        x = ins[0]
-        if x.shape[-1] != layer.n_in:
-            raise ValueError(f"node '{name}': input must have {layer.n_in} features, got shape {x.shape}")
-        lead = x.shape[:-1]
-        x2 = np.ascontiguousarray(x.reshape(-1, layer.n_in), dtype=np.float32)
-        y = layer.forward_sparse(x2, mode).to_dense().reshape(*lead, layer.n_out)
-        dense_macs = x2.shape[0] * layer.n_out * layer.n_in
-        return [y], layer.macs_executed, dense_macs, "hashed", layer.bytes_gathered
+        def reuse(ins):
+            x, w = ins[0], ins[1].astype(np.float32)
+            bias = ins[2].astype(np.float32) if len(ins) > 2 and ins[2] is not None else None
+            y, stats = reuse_conv2d(np.ascontiguousarray(x, dtype=np.float32), w, bias, stride=int(strides[0]),
+                                    pad=int(pads[0]), sub_len=int(a["sub_len"]), n_hashes=int(a["n_hashes"]),
+                                    seed=int(a.get("seed", 0)), compute_error=False, num_threads=self.threads)
+            return [np.ascontiguousarray(y)], stats.macs_executed, stats.macs_dense, "reuse", int(w.size) * 4
+        return reuse
 
+    # -- execution ------------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Outputs in the model's output order; per-layer stats land in ``last_run``."""
+        """Outputs in the model's output order (fresh C-contiguous arrays); per-layer stats land
+        in ``last_run``."""
         missing = [n for n in self.inputs if n not in feeds]
         if missing:
             raise ValueError(f"missing model input(s): {', '.join(missing)}")
-        env: dict[str, np.ndarray] = dict(self.constants)
-        env.update({k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
-                    for k, v in feeds.items()})
-        self.last_run = []
-        for name, node in zip(self.names, self.graph.node):
-            t = time.perf_counter()
-            outs, macs, dense_macs, fmt, w_bytes = self._node(name, node, env)
-            seconds = time.perf_counter() - t
-            for out_name, value in zip(node.output, outs):
-                env[out_name] = value
-            act = sum(env[i].nbytes for i in node.input if i and i in env and i not in self.constants)
-            act += sum(o.nbytes for o in outs)
-            self.last_run.append(LayerRun(name, node.op_type, fmt, macs, dense_macs, w_bytes, int(act), seconds))
-        return [env[o] for o in self.outputs]
+        vals = self._template.copy()
+        slot = self._g.slot
+        for k, v in feeds.items():
+            if k in slot:
+                v = np.asarray(v)
+                vals[slot[k]] = v.astype(np.float32, copy=False) if v.dtype.kind == "f" else v
+        seconds, clock = self._seconds, time.perf_counter
+        for k, step in enumerate(self._steps):
+            t = clock()
+            step.run(vals)
+            seconds[k] = clock() - t
+        self._vals, self._last_run = vals, None
+        return [np.array(vals[s], order="C") for s in self._output_slots]
 
-    def _node(self, name: str, node: onnx.NodeProto, env: dict):
-        a = _attrs(node)
-        ins = [env[i] if i else None for i in node.input]
-        op = node.op_type
-        if node.domain == "joulecut" and op == "HashedLinear":
-            return self._hashed(name, ins)
-        if node.domain == "joulecut" and op == "ReuseConv":
-            return self._reuse(name, node, a, ins)
-        if op == "Conv":
-            return self._conv(name, node, a, ins)
-        if op in ("Gemm", "MatMul") and name in self.packed:
-            return self._gemm(name, node, a, ins)
-        if op == "Gemm":
-            x, b = ins[0], ins[1]
-            x = x.T if a.get("transA", 0) else x
-            b = b.T if a.get("transB", 0) else b
-            y = a.get("alpha", 1.0) * (x @ b)
-            if len(ins) > 2 and ins[2] is not None:
-                y = y + a.get("beta", 1.0) * ins[2]
-            macs = x.shape[0] * x.shape[1] * b.shape[1]
-            return [y.astype(np.float32)], macs, macs, "numpy", 0
-        if op == "MatMul":
-            y = np.matmul(ins[0], ins[1])
-            macs = int(np.prod(y.shape)) * ins[0].shape[-1]
-            return [y.astype(np.float32)], macs, macs, "numpy", 0
-        if op in SIMPLE_OPS:
-            return [np.asarray(SIMPLE_OPS[op](ins[0], a), dtype=ins[0].dtype)], 0, 0, "numpy", 0
-        if op in BINARY_OPS:
-            return [BINARY_OPS[op](ins[0], ins[1]).astype(np.result_type(ins[0], ins[1]))], 0, 0, "numpy", 0
-        if op == "BatchNormalization":
-            x, scale, bias, mean, var = ins[:5]
-            shape = (1, -1) + (1,) * (x.ndim - 2)
-            inv = scale / np.sqrt(var + a.get("epsilon", 1e-5))
-            return [((x - mean.reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)).astype(np.float32)], 0, 0, "numpy", 0
-        if op == "Clip":
-            lo = ins[1] if len(ins) > 1 and ins[1] is not None else a.get("min", -np.inf)
-            hi = ins[2] if len(ins) > 2 and ins[2] is not None else a.get("max", np.inf)
-            return [np.clip(ins[0], lo, hi).astype(ins[0].dtype)], 0, 0, "numpy", 0
-        if op == "Reshape":
-            shape = [int(s) for s in ins[1]]
-            shape = [ins[0].shape[i] if s == 0 and not a.get("allowzero", 0) else s for i, s in enumerate(shape)]
-            return [ins[0].reshape(shape)], 0, 0, "numpy", 0
-        if op == "Concat":
-            return [np.concatenate(ins, axis=a["axis"])], 0, 0, "numpy", 0
-        if op in ("Squeeze", "Unsqueeze"):
-            axes = a.get("axes") if "axes" in a else [int(v) for v in ins[1]] if len(ins) > 1 else None
-            if op == "Squeeze":
-                return [np.squeeze(ins[0], axis=tuple(axes) if axes is not None else None)], 0, 0, "numpy", 0
-            return [np.expand_dims(ins[0], axis=tuple(axes))], 0, 0, "numpy", 0
-        if op == "Constant":
-            return [numpy_helper.to_array(a["value"])], 0, 0, "numpy", 0
-        if op == "Shape":
-            return [np.array(ins[0].shape, dtype=np.int64)], 0, 0, "numpy", 0
-        if op == "Gather":
-            return [np.take(ins[0], ins[1], axis=a.get("axis", 0))], 0, 0, "numpy", 0
-        if op == "Cast":
-            return [ins[0].astype(onnx.helper.tensor_dtype_to_np_dtype(a["to"]))], 0, 0, "numpy", 0
-        raise ValueError(f"node '{name}': op {op} is not supported by the kernel runner")
+    @property
+    def last_run(self) -> list[LayerRun]:
+        """One LayerRun per ONNX node of the last run, in graph order (built on first access)."""
+        if self._last_run is None:
+            runs = []
+            for step, seconds in zip(self._steps, self._seconds):
+                runs += step.layer_runs(self._vals, seconds)
+            self._last_run = [run for _, run in sorted(runs, key=lambda r: r[0])]
+        return self._last_run
 
-    def _conv(self, name, node, a, ins):
-        x, w = ins[0], ins[1]
-        bias = ins[2] if len(ins) > 2 else None
-        kernel = tuple(w.shape[2:])
-        if len(kernel) != 2:
-            raise ValueError(f"node '{name}': only 2-D Conv is supported by the kernel runner")
-        strides = tuple(a.get("strides", [1, 1]))
-        dil = tuple(a.get("dilations", [1, 1]))
-        groups = a.get("group", 1)
-        pads = _conv_pads(a, x.shape[2:], kernel, strides, dil)
-        if pads[0] != pads[2] or pads[1] != pads[3]:
-            x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-            pad = (0, 0)
-        else:
-            pad = (pads[0], pads[1])
-        fmt, packed = self.packed.get(name, ("numpy", None))
-        n = x.shape[0]
-        p = (x.shape[2] + 2 * pad[0] - ((kernel[0] - 1) * dil[0] + 1)) // strides[0] + 1
-        q = (x.shape[3] + 2 * pad[1] - ((kernel[1] - 1) * dil[1] + 1)) // strides[1] + 1
-        dense_macs = n * w.shape[0] * p * q * int(np.prod(w.shape[1:]))
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if fmt in ("csr", "bsr4x4", "bsr4x1"):
-            y, macs = conv2d_sparse(x, packed, bias, stride=strides, pad=pad, dilation=dil, groups=groups,
-                                    threads=self.threads, kernel_size=kernel, return_macs=True)
-        elif groups == 1 and fmt in ("dense", "compact"):
-            y, macs = conv2d_dense(x, packed, bias, stride=strides, pad=pad, dilation=dil, return_macs=True)
-        else:  # grouped dense conv (depthwise) or a weight computed at run time
-            xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
-            y, macs = _grouped_conv_numpy(xp, w.astype(np.float32), bias, strides, dil, groups), dense_macs
-            fmt = "dense" if fmt != "numpy" else fmt
-        return [y], int(macs), dense_macs, fmt, _weight_bytes(fmt, packed if packed is not None else w)
-
-    def _gemm(self, name, node, a, ins):
-        fmt, packed = self.packed[name]
-        x = ins[0]
-        lead = x.shape[:-1]
-        x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]).T, dtype=np.float32)  # [K, B]
-        if fmt in ("csr", "bsr4x4", "bsr4x1"):
-            yt, macs = spmm(packed, x2, threads=self.threads, return_macs=True)
-        else:
-            yt, macs = dense_gemm(packed, x2, return_macs=True)
-        y = yt.T.reshape(*lead, yt.shape[0])
-        if node.op_type == "Gemm" and len(ins) > 2 and ins[2] is not None:
-            y = y + np.float32(a.get("beta", 1.0)) * ins[2]
-        dense_macs = int(np.prod(lead)) * packed_shape(packed)[0] * packed_shape(packed)[1]
-        return [np.ascontiguousarray(y, dtype=np.float32)], int(macs), dense_macs, fmt, _weight_bytes(fmt, packed)
+    @property
+    def steps(self) -> list[tuple[str, ...]]:
+        """The compiled schedule: per step, the names of the nodes it runs (host first)."""
+        out = []
+        for step in self._steps:
+            fused = [self.names[j] for j, _ in step.epilogue.nodes] if hasattr(step, "epilogue") else []
+            out.append((self.names[step.index], *fused))
+        return out
 
 
 def packed_shape(packed) -> tuple[int, int]:
