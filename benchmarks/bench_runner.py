@@ -40,6 +40,7 @@ from results import update_section  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
 
 SPARSITY = 0.9
+DENSITIES = (0.1, 0.3, 0.4, 0.5)  # of the crossover table
 
 
 def prune_90(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -150,7 +151,7 @@ def crossover_rows(repeats: int) -> list[str]:
     for m, c, hw in ((16, 16, 32), (64, 64, 56), (128, 128, 28), (256, 256, 14)):
         x = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
         cells = []
-        for density in (0.1, 0.3, 0.5):
+        for density in DENSITIES:
             w = rng.standard_normal((m, c, 3, 3)).astype(np.float32)
             w[np.abs(w) < np.quantile(np.abs(w), 1 - density)] = 0
             csr = CSRMatrix.from_dense(w.reshape(m, -1))
@@ -240,39 +241,56 @@ def main() -> None:
         return
     load = os.getloadavg()
     by = {(r["model"], r["batch"]): r for r in rows}
-    resnet_speedups = [r["wall"]["ort dense"] / r["wall"]["kernels pruned"] for r in rows if "ResNet-18" in r["model"]]
+    speedup = {k: r["wall"]["ort dense"] / r["wall"]["kernels pruned"] for k, r in by.items()}
+    cpu_ratio = {k: r["cpu"]["ort dense"] / r["cpu"]["kernels pruned"] for k, r in by.items()}
+    resnet = [k for k in by if k[0].startswith("ResNet-18")]
+    slower = [k for k in by if speedup[k] < 1 or cpu_ratio[k] < 1]
+    big = by[resnet[0]]
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, one thread for every side (ort intra/inter-op 1, BLAS 1); "
         f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} at the start, "
-        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end (other jobs shared the 2 cores: wall figures are noisy, "
-        f"the CPU-time ratio leaves out time the thread was descheduled); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-        f"run took {time.time() - started:.0f} s.",
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end (other jobs shared the 2 cores: wall figures are noisy; "
+        "the CPU-time ratio, of this thread's CPU time, leaves out time it was descheduled); "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; the run took {time.time() - started:.0f} s.",
         f"Command: `python benchmarks/bench_runner.py --repeats {args.repeats}` (medians of interleaved rounds, "
-        "benchmarks/timing.py). Pruned = 90% of every weight zeroed per layer, by magnitude or in 4x4 blocks (see the "
-        "script's docstring for the models). Speed-up = ort dense / kernels pruned.",
+        "benchmarks/timing.py). Pruned = 90% of every weight zeroed per layer, by magnitude or in 4x4 blocks (models: "
+        "the script's docstring). Speed-up = ort dense / kernels pruned. Error = max |kernels - ort pruned| / max |ort pruned|.",
         "",
     ] + table(rows) + [
         "",
-        "How the runner executes: the graph is compiled once into steps (Conv + folded BatchNorm + residual Add + Relu "
-        f"as one step, e.g. {by[('ResNet-18-style, 90% magnitude', 1)]['nodes']} ONNX nodes of the ResNet-18-style model "
-        f"in {by[('ResNet-18-style, 90% magnitude', 1)]['steps']} steps), output buffers are reused between calls, and a "
-        "conv's [M, N*P*Q] result is handed on as an [N, M, P, Q] view (no transpose copies).",
+        "The runner compiles the graph once into steps: a Conv with its BatchNorm folded in and its residual Add / Relu "
+        f"as an in-place epilogue is one step (the ResNet-18-style model: {big['nodes']} ONNX nodes in {big['steps']} "
+        "steps), weights are packed and output buffers allocated once, and a conv's [M, N*P*Q] result is handed on as "
+        "an [N, M, P, Q] view instead of being transposed. The node-by-node runner it replaces measured, in the "
+        "previous recorded run (2026-12-01 08:34 UTC, load 1.0-2.9): digits CNN 0.420 / 2.399 ms and tiny ResNet "
+        "0.815 / 27.961 ms at batch 1 / 32.",
         "",
-        f"ResNet-18-style model: the pruned runner is {min(resnet_speedups):.2f}x-{max(resnet_speedups):.2f}x faster than "
-        "onnxruntime dense, end to end (wall); most of its time is in the sparse convolutions.",
+        f"ResNet-18-style model: the pruned model on the kernels is {min(speedup[k] for k in resnet):.2f}x-"
+        f"{max(speedup[k] for k in resnet):.2f}x faster than onnxruntime dense end to end (wall; CPU-time ratio "
+        f"{min(cpu_ratio[k] for k in resnet):.2f}x-{max(cpu_ratio[k] for k in resnet):.2f}x), with "
+        f"{min(100 * by[k]['share'] for k in resnet):.0f}-{max(100 * by[k]['share'] for k in resnet):.0f}% of the runner's "
+        "time in the sparse convolutions; the rest is NumPy epilogue passes (bias, residual add, ReLU), pooling and glue.",
         "",
-        "Where it is still slower: the digits CNN and the tiny ResNet (1-64 channels, at most 32x32). At batch 1 a call "
-        "is tens of microseconds, and each kernel call costs a few microseconds of Python wrapper and argument checks "
-        "plus im2col panel packing that outweighs the few multiply-adds of a 16-32-channel layer; at batch 32 the "
-        "sparse 3x3 convs with 16-32 output rows are bound by packing the im2col panels (K x 64 values packed per 16-32 "
-        "rows of work), where onnxruntime's dense direct/NCHWc convolutions are faster even doing 10x the MACs. A "
-        "small-channel direct sparse conv (or a kernel-side bias/ReLU epilogue) in kernels/ would be needed there.",
+    ]
+    if slower:
+        lines.append("Still slower than onnxruntime dense: " + "; ".join(
+            f"{m} batch {b} ({speedup[(m, b)]:.2f}x wall, {cpu_ratio[(m, b)]:.2f}x CPU)" for m, b in slower) + ". "
+            "These models have 1-64 channels at 8x8-32x32. At batch 1 a whole call is tens of microseconds, and every "
+            "kernel call costs a few microseconds of Python wrapper and argument checks (spmm_im2col about 5 us) plus "
+            "packing the im2col panels, which outweighs the few multiply-adds of a 16-32-channel layer; at batch 32 the "
+            "sparse 3x3 convs with 16-32 output rows are bound by that panel packing (a K x 64 panel is packed for only "
+            "16-32 rows of work), where onnxruntime's dense convolutions are faster even doing 10x the MACs (the "
+            "runner's own dense path, im2col + BLAS, is slower still: see the crossover table). Splitting the batch "
+            "into per-sample kernel calls did not help (measured). What would: a small-channel direct sparse "
+            "convolution, and a bias/ReLU/residual epilogue inside the kernel's write-back, in kernels/.")
+        lines.append("")
+    lines += [
+        "Dense vs CSR crossover behind `kernels.runner.DENSE_ABOVE` (one conv, batch 1, one thread; CSR = spmm_im2col, "
+        "dense = the runner's dense path, im2col + numpy.matmul or skinny_gemm; cells: CSR ms / dense ms (dense/CSR)). "
+        "The runner picks CSR/BSR up to 45% density, the dense path above.",
         "",
-        "Dense vs CSR crossover behind `kernels.runner.DENSE_ABOVE` (one conv, one thread; CSR = spmm_im2col, "
-        "dense = the runner's dense path: im2col + numpy.matmul or skinny_gemm; cells: CSR ms / dense ms (dense/CSR)):",
-        "",
-        "| conv | 10% dense | 30% dense | 50% dense | load avg |",
-        "|---|---|---|---|---|",
+        "| conv | " + " | ".join(f"{100 * d:.0f}% dense" for d in DENSITIES) + " | load avg |",
+        "|---|" + "---|" * len(DENSITIES) + "---|",
     ] + crossover
     update_section("Whole-model runner", "\n".join(lines))
 

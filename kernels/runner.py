@@ -47,9 +47,11 @@ from kernels.reuse import reuse_conv2d
 from kernels.slide import HashedLinear
 from kernels.sparse_gemm import skinny_gemm, spmm, spmm_im2col
 
-# Density above which the runner's dense path (im2col + BLAS / skinny_gemm) beats CSR. Measured
-# with benchmarks/bench_runner.py's crossover table (one thread): CSR is faster at 10% and 30%
-# density on every conv shape from 16 to 256 channels, and the two meet between 40% and 50%.
+# Density above which the runner's dense path (im2col + BLAS / skinny_gemm) is used instead of
+# CSR/BSR: a fixed rule, from benchmarks/bench_runner.py's crossover table (one thread, 3x3 convs
+# of 16-256 channels): CSR is 1.2-3x faster at 10-40% density on every shape and the two meet at
+# about 50%. (At 90% sparsity CSR beat the dense path on every conv of the benchmark models, at
+# batch 1 and 32; only tiny FC layers lose a few microseconds to the kernel's call overhead.)
 DENSE_ABOVE = 0.45
 BLOCK_FILL = 0.75  # a block format pays when stored blocks are at least this full
 COMPACT_GAIN = 0.9  # run channel-pruned when the kept rows x cols are at most this share of the weight
