@@ -21,6 +21,9 @@ cdef extern from *:
     #include <stdint.h>
     #include <stdlib.h>
     #include <string.h>
+    #if defined(__AVX512F__)
+    #include <immintrin.h>
+    #endif
     #ifdef _OPENMP
     #include <omp.h>
     #endif
@@ -40,6 +43,30 @@ cdef extern from *:
     typedef int32_t jr_i16 __attribute__((vector_size(64)));
     static inline jr_v16 jr_load(const float *p) { jr_v16 v; memcpy(&v, p, sizeof v); return v; }
     static inline void jr_store(float *p, jr_v16 v) { memcpy(p, &v, sizeof v); }
+
+    /* Store that bypasses the caches (64-byte aligned p) where available: an output written
+     * once and larger than the caches need not be read in first. jr_stream_done() orders the
+     * streamed stores before the results are used. */
+    #if defined(__AVX512F__)
+    static inline void jr_stream(float *p, jr_v16 v) {
+        __m512 x;
+        memcpy(&x, &v, sizeof x);
+        _mm512_stream_ps(p, x);
+    }
+    static inline void jr_stream_done(void) { _mm_sfence(); }
+    #else
+    static inline void jr_stream(float *p, jr_v16 v) { jr_store(p, v); }
+    static inline void jr_stream_done(void) {}
+    #endif
+
+    /* fully unroll a loop over register accumulators (else they may be kept in memory) */
+    #if defined(__clang__)
+    #define JR_UNROLL _Pragma("unroll")
+    #elif defined(__GNUC__)
+    #define JR_UNROLL _Pragma("GCC unroll 24")
+    #else
+    #define JR_UNROLL
+    #endif
 
     #if defined(__AVX512F__)
     #include <immintrin.h>
@@ -93,32 +120,38 @@ cdef extern from *:
         for (; j < len; j++) acc[j] += x[j];
     }
 
-    /* out[0:T*16] = sum_t v[t] * B[j[t]*ldb + 0:T*16]: T register accumulators (T <= 8),
-     * no store per t. */
+    /* out[0:T*16] = sum_t v[t] * B[j[t]*ldb + 0:T*16]: T register accumulators (T <= 24,
+     * with the broadcast value 25 of the 32 vector registers), no store per t. The loops over
+     * the accumulators must be unrolled for them to live in registers (JR_UNROLL). */
     #define JR_TILE(T) \
         static void jr_tile##T(const float *v, const int32_t *j, int64_t nnz, const float *B, \
                                int64_t ldb, float *out) { \
             jr_v16 a[T]; \
-            for (int u = 0; u < T; u++) a[u] = (jr_v16){0}; \
+            JR_UNROLL for (int u = 0; u < T; u++) a[u] = (jr_v16){0}; \
             for (int64_t t = 0; t < nnz; t++) { \
                 const float *b = B + (int64_t)j[t] * ldb; \
-                for (int u = 0; u < T; u++) a[u] += v[t] * jr_load(b + 16 * u); \
+                JR_UNROLL for (int u = 0; u < T; u++) a[u] += v[t] * jr_load(b + 16 * u); \
             } \
-            for (int u = 0; u < T; u++) jr_store(out + 16 * u, a[u]); \
+            JR_UNROLL for (int u = 0; u < T; u++) jr_store(out + 16 * u, a[u]); \
         }
     JR_TILE(1) JR_TILE(2) JR_TILE(3) JR_TILE(4) JR_TILE(5) JR_TILE(6) JR_TILE(7) JR_TILE(8)
+    JR_TILE(9) JR_TILE(10) JR_TILE(11) JR_TILE(12) JR_TILE(13) JR_TILE(14) JR_TILE(15) JR_TILE(16)
+    JR_TILE(17) JR_TILE(18) JR_TILE(19) JR_TILE(20) JR_TILE(21) JR_TILE(22) JR_TILE(23) JR_TILE(24)
     #undef JR_TILE
+    #define JR_MAX_TILE 24
     typedef void (*jr_tile_fn)(const float *, const int32_t *, int64_t, const float *, int64_t, float *);
-    static const jr_tile_fn JR_TILES[9] = {NULL, jr_tile1, jr_tile2, jr_tile3, jr_tile4, jr_tile5,
-                                           jr_tile6, jr_tile7, jr_tile8};
+    static const jr_tile_fn JR_TILES[JR_MAX_TILE + 1] = {
+        NULL, jr_tile1, jr_tile2, jr_tile3, jr_tile4, jr_tile5, jr_tile6, jr_tile7, jr_tile8,
+        jr_tile9, jr_tile10, jr_tile11, jr_tile12, jr_tile13, jr_tile14, jr_tile15, jr_tile16,
+        jr_tile17, jr_tile18, jr_tile19, jr_tile20, jr_tile21, jr_tile22, jr_tile23, jr_tile24};
 
     /* out[0:n] = sum_t v[t] * B[j[t]*ldb + 0:n] for t < nnz: a sparse row (values v at rows j
-     * of B) times B. The whole vectors are split into tiles of as equal width as possible,
-     * at most 8 vectors (e.g. 288 columns: 3 x 6): enough independent FMA chains in every
-     * tile to hide the FMA latency (a lone 1-vector tail would wait on each FMA). */
+     * of B) times B. The whole vectors are split into as few tiles as fit in registers, of
+     * as equal width as possible (e.g. 288 columns: one tile of 18): each value is broadcast
+     * once per tile, and a tile's zeroing and stores are paid once per tile. */
     static void jr_vecmat(const float *v, const int32_t *j, int64_t nnz, const float *B, int64_t ldb,
                           int64_t n, float *out) {
-        const int64_t nvec = n / 16, tiles = (nvec + 7) / 8;
+        const int64_t nvec = n / 16, tiles = (nvec + JR_MAX_TILE - 1) / JR_MAX_TILE;
         for (int64_t t0 = 0, done = 0; t0 < tiles; t0++) {
             const int64_t width = (nvec - done) / (tiles - t0);   /* the rest, split evenly */
             JR_TILES[width](v, j, nnz, B + 16 * done, ldb, out + 16 * done);
@@ -169,14 +202,14 @@ cdef extern from *:
             for (; i0 + ROWS <= nb; i0 += ROWS) { \
                 const float *xs = X + i0 * rs; \
                 jr_v16 a[ROWS][NV]; \
-                for (int u = 0; u < ROWS; u++) \
-                    for (int v = 0; v < NV; v++) a[u][v] = -jr_load(thr + 16 * v); \
+                JR_UNROLL for (int u = 0; u < ROWS; u++) \
+                    JR_UNROLL for (int v = 0; v < NV; v++) a[u][v] = -jr_load(thr + 16 * v); \
                 for (int64_t j = 0; j < len; j++) { \
                     jr_v16 p[NV]; \
-                    for (int v = 0; v < NV; v++) p[v] = jr_load(projT + j * NV * 16 + 16 * v); \
-                    for (int u = 0; u < ROWS; u++) { \
+                    JR_UNROLL for (int v = 0; v < NV; v++) p[v] = jr_load(projT + j * NV * 16 + 16 * v); \
+                    JR_UNROLL for (int u = 0; u < ROWS; u++) { \
                         const float x = xs[u * rs + j * cs]; \
-                        for (int v = 0; v < NV; v++) a[u][v] += x * p[v]; \
+                        JR_UNROLL for (int v = 0; v < NV; v++) a[u][v] += x * p[v]; \
                     } \
                 } \
                 for (int u = 0; u < ROWS; u++) { \
@@ -220,46 +253,140 @@ cdef extern from *:
     /* hash-table slots prefetched this many sub-vectors ahead */
     #define JR_PREFETCH 8
 
-    /* Add nb sub-vectors of len values to a clustering pass: those whose codes match share
-     * a cluster. Codes are computed from Xc (value j of sub-vector i at Xc[i*rs + j*cs];
-     * projT, thr, nv as in jr_codes), sums from the same values laid out as rows
-     * Xr[i*ldr + 0:len]. cid[i]: the sub-vector's cluster (-1 if all zero); cnt[k]: members,
-     * cent[k*len ..]: their sum. tab has cap slots (a power of two >= 2 x the pass's
-     * sub-vectors) and gen is this pass's. *nc (clusters so far) and *n_zero (all-zero
-     * sub-vectors) are updated. code: JR_CODE_ROWS scratch. */
-    static void jr_cluster(const float *Xc, int64_t rs, int64_t cs, const float *Xr, int64_t ldr,
-                           int64_t nb, int64_t len, const float *projT, const float *thr, int nv,
-                           jr_slot *tab, int64_t cap, int32_t gen, uint64_t *code, int32_t *cid,
-                           float *cent, int32_t *cnt, int64_t *nc, int64_t *n_zero) {
+    /* Add nb sub-vectors of len values with codes code[0:nb] to a clustering pass: those
+     * whose codes match share a cluster. The values are rows Xr[i*ldr + 0:len]. cid[i]: the
+     * sub-vector's cluster (-1 if all zero); cnt[k]: members, cent[k*len ..]: their sum. tab
+     * has cap slots (a power of two >= 2 x the pass's sub-vectors) and gen is this pass's.
+     * *nc (clusters so far) and *n_zero (all-zero sub-vectors) are updated. */
+    static void jr_insert(const uint64_t *code, const float *Xr, int64_t ldr, int64_t nb, int64_t len,
+                          jr_slot *tab, int64_t cap, int32_t gen, int32_t *cid, float *cent,
+                          int32_t *cnt, int64_t *nc, int64_t *n_zero) {
         const uint64_t mask = (uint64_t)cap - 1;
-        for (int64_t r0 = 0; r0 < nb; r0 += JR_CODE_ROWS) {
-            const int64_t n = nb - r0 < JR_CODE_ROWS ? nb - r0 : JR_CODE_ROWS;
-            jr_codes(Xc + r0 * rs, rs, cs, projT, thr, nv, n, len, code);
-            for (int64_t i = 0; i < n && i < JR_PREFETCH; i++)
-                __builtin_prefetch(&tab[((code[i] * 0x9E3779B97F4A7C15ull) >> 32) & mask]);
-            for (int64_t i = 0; i < n; i++) {
-                if (i + JR_PREFETCH < n)   /* the table is random access: ask for slots early */
-                    __builtin_prefetch(&tab[((code[i + JR_PREFETCH] * 0x9E3779B97F4A7C15ull) >> 32) & mask]);
-                const float *xr = Xr + (r0 + i) * ldr;
-                if (!jr_nonzero(xr, len)) { cid[r0 + i] = -1; ++*n_zero; continue; }
-                const uint64_t c = code[i];
-                uint64_t s = ((c * 0x9E3779B97F4A7C15ull) >> 32) & mask;
-                while (tab[s].gen == gen && tab[s].key != c) s = (s + 1) & mask;
-                int32_t k;
-                if (tab[s].gen != gen) {
-                    k = (int32_t)(*nc)++;
-                    tab[s].key = c; tab[s].gen = gen; tab[s].id = k;
-                    cnt[k] = 1;
-                    memcpy(cent + (int64_t)k * len, xr, sizeof(float) * (size_t)len);
-                } else {
-                    k = tab[s].id;
-                    cnt[k]++;
-                    jr_add(cent + (int64_t)k * len, xr, len);
-                }
-                cid[r0 + i] = k;
+        for (int64_t i = 0; i < nb && i < JR_PREFETCH; i++)
+            __builtin_prefetch(&tab[((code[i] * 0x9E3779B97F4A7C15ull) >> 32) & mask]);
+        for (int64_t i = 0; i < nb; i++) {
+            if (i + JR_PREFETCH < nb)   /* the table is random access: ask for slots early */
+                __builtin_prefetch(&tab[((code[i + JR_PREFETCH] * 0x9E3779B97F4A7C15ull) >> 32) & mask]);
+            const float *xr = Xr + i * ldr;
+            if (!jr_nonzero(xr, len)) { cid[i] = -1; ++*n_zero; continue; }
+            const uint64_t c = code[i];
+            uint64_t s = ((c * 0x9E3779B97F4A7C15ull) >> 32) & mask;
+            while (tab[s].gen == gen && tab[s].key != c) s = (s + 1) & mask;
+            int32_t k;
+            if (tab[s].gen != gen) {
+                k = (int32_t)(*nc)++;
+                tab[s].key = c; tab[s].gen = gen; tab[s].id = k;
+                cnt[k] = 1;
+                memcpy(cent + (int64_t)k * len, xr, sizeof(float) * (size_t)len);
+            } else {
+                k = tab[s].id;
+                cnt[k]++;
+                jr_add(cent + (int64_t)k * len, xr, len);
             }
+            cid[i] = k;
         }
     }
+
+    /* jr_codes + jr_insert for nb rows X[i*ld + 0:len], JR_CODE_ROWS at a time (hashed, then
+     * inserted while still in L1). code: JR_CODE_ROWS scratch. */
+    static void jr_cluster_rows(const float *X, int64_t ld, int64_t nb, int64_t len, const float *projT,
+                                const float *thr, int nv, jr_slot *tab, int64_t cap, int32_t gen,
+                                uint64_t *code, int32_t *cid, float *cent, int32_t *cnt, int64_t *nc,
+                                int64_t *n_zero) {
+        for (int64_t r0 = 0; r0 < nb; r0 += JR_CODE_ROWS) {
+            const int64_t n = nb - r0 < JR_CODE_ROWS ? nb - r0 : JR_CODE_ROWS;
+            jr_codes(X + r0 * ld, ld, 1, projT, thr, nv, n, len, code);
+            jr_insert(code, X + r0 * ld, ld, n, len, tab, cap, gen, cid + r0, cent, cnt, nc, n_zero);
+        }
+    }
+
+    #if defined(__AVX512BF16__)
+    /* Where the CPU has AVX512-BF16, the conv kernel hashes in bfloat16: VDPBF16PS does two
+     * multiply-adds per lane, and a hash bit only flips where a projection lies within
+     * bfloat16 rounding (2^-8 relative) of its threshold. Products stay float32. */
+    #define JR_HASH_BF16 1
+
+    /* rows Xr[i*ld + 0:len] as bfloat16 pairs (value 2p in the low half, 2p+1 high; an odd
+     * len is padded with 0): out[i*pstride + p], pstride = a whole number of 16-pair vectors */
+    static void jr_bf16_pairs(const float *Xr, int64_t ld, int64_t nb, int64_t len, int64_t pstride,
+                              uint32_t *out) {
+        for (int64_t i = 0; i < nb; i++)
+            for (int64_t j = 0; j < len; j += 32) {
+                const int64_t r = len - j;
+                const __mmask16 lo = r >= 16 ? 0xFFFF : (__mmask16)((1u << r) - 1);
+                const __mmask16 hi = r >= 32 ? 0xFFFF : r <= 16 ? 0 : (__mmask16)((1u << (r - 16)) - 1);
+                const __m512 a = _mm512_maskz_loadu_ps(lo, Xr + i * ld + j);
+                const __m512 b = _mm512_maskz_loadu_ps(hi, Xr + i * ld + j + 16);
+                _mm512_storeu_si512(out + i * pstride + j / 2, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+            }
+    }
+
+    /* projT [len, nv*16] float32 -> pairs [npairs][nv] vectors of 16 (proj[2p][h], proj[2p+1][h]) */
+    static void jr_bf16_proj(const float *projT, int nv, int64_t len, __m512bh *out) {
+        const int64_t hp = (int64_t)nv * 16;
+        for (int64_t p = 0; p < (len + 1) / 2; p++)
+            for (int v = 0; v < nv; v++) {
+                float even[16], odd[16];
+                for (int h = 0; h < 16; h++) {
+                    even[h] = projT[2 * p * hp + 16 * v + h];
+                    odd[h] = 2 * p + 1 < len ? projT[(2 * p + 1) * hp + 16 * v + h] : 0.0f;
+                }
+                /* lane h of the result: (even[h], odd[h]) */
+                const __m512 e = _mm512_loadu_ps(even), o = _mm512_loadu_ps(odd);
+                const __m512 lo = _mm512_permutex2var_ps(e, _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0), o);
+                const __m512 hi = _mm512_permutex2var_ps(e, _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8), o);
+                out[p * nv + v] = _mm512_cvtne2ps_pbh(hi, lo);
+            }
+    }
+
+    /* jr_codes on bfloat16 pairs: xp[i*pstride + p], projB from jr_bf16_proj. */
+    #define JR_CODES_BF16(ROWS, NV) \
+        static int64_t jr_codes_bf16_##ROWS##x##NV(const uint32_t *xp, int64_t pstride, \
+                                                   const __m512bh *projB, const float *thr, \
+                                                   int64_t nb, int64_t npairs, uint64_t *code) { \
+            int64_t i0 = 0; \
+            for (; i0 + ROWS <= nb; i0 += ROWS) { \
+                __m512 a[ROWS][NV]; \
+                JR_UNROLL for (int u = 0; u < ROWS; u++) \
+                    JR_UNROLL for (int v = 0; v < NV; v++) \
+                        a[u][v] = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(thr + 16 * v)); \
+                for (int64_t p = 0; p < npairs; p++) { \
+                    JR_UNROLL for (int u = 0; u < ROWS; u++) { \
+                        const __m512bh x = (__m512bh)_mm512_set1_epi32((int)xp[(i0 + u) * pstride + p]); \
+                        JR_UNROLL for (int v = 0; v < NV; v++) \
+                            a[u][v] = _mm512_dpbf16_ps(a[u][v], x, projB[p * NV + v]); \
+                    } \
+                } \
+                JR_UNROLL for (int u = 0; u < ROWS; u++) { \
+                    uint64_t c = 0; \
+                    JR_UNROLL for (int v = 0; v < NV; v++) \
+                        c |= (uint64_t)_mm512_cmp_ps_mask(a[u][v], _mm512_setzero_ps(), _CMP_GT_OQ) << (16 * v); \
+                    code[i0 + u] = c; \
+                } \
+            } \
+            return i0; \
+        }
+    JR_CODES_BF16(8, 1) JR_CODES_BF16(4, 2) JR_CODES_BF16(3, 3) JR_CODES_BF16(2, 4)
+    JR_CODES_BF16(1, 1) JR_CODES_BF16(1, 2) JR_CODES_BF16(1, 3) JR_CODES_BF16(1, 4)
+    #undef JR_CODES_BF16
+
+    static void jr_codes_bf16(const uint32_t *xp, int64_t pstride, const __m512bh *projB,
+                              const float *thr, int nv, int64_t nb, int64_t npairs, uint64_t *code) {
+        int64_t i0;
+        switch (nv) {     /* the main micro-kernel, then one row at a time */
+        case 1: i0 = jr_codes_bf16_8x1(xp, pstride, projB, thr, nb, npairs, code);
+                jr_codes_bf16_1x1(xp + i0 * pstride, pstride, projB, thr, nb - i0, npairs, code + i0); break;
+        case 2: i0 = jr_codes_bf16_4x2(xp, pstride, projB, thr, nb, npairs, code);
+                jr_codes_bf16_1x2(xp + i0 * pstride, pstride, projB, thr, nb - i0, npairs, code + i0); break;
+        case 3: i0 = jr_codes_bf16_3x3(xp, pstride, projB, thr, nb, npairs, code);
+                jr_codes_bf16_1x3(xp + i0 * pstride, pstride, projB, thr, nb - i0, npairs, code + i0); break;
+        default: i0 = jr_codes_bf16_2x4(xp, pstride, projB, thr, nb, npairs, code);
+                jr_codes_bf16_1x4(xp + i0 * pstride, pstride, projB, thr, nb - i0, npairs, code + i0); break;
+        }
+    }
+    #else
+    #define JR_HASH_BF16 0
+    #endif
 
     /* slots for nb rows: a power of two >= 2 nb (the table stays at most half full) */
     static int64_t jr_table_cap(int64_t nb) {
@@ -323,9 +450,9 @@ cdef extern from *:
                         const int64_t len = k0 + sub_len < K ? sub_len : K - k0;
                         int64_t nc = 0;
                         const float *Xb = X + r0 * K + k0;
-                        jr_cluster(Xb, K, 1, Xb, K, nb, len, projT + k0 * hp, thr + p * hp, nv, w.tab,
-                                   w.cap, ++w.gen, w.code, w.cid, w.cent, w.cnt, &nc,
-                                   &zero_rows[b * n_pos + p]);
+                        jr_cluster_rows(Xb, K, nb, len, projT + k0 * hp, thr + p * hp, nv, w.tab, w.cap,
+                                        ++w.gen, w.code, w.cid, w.cent, w.cnt, &nc,
+                                        &zero_rows[b * n_pos + p]);
                         clusters[b * n_pos + p] = nc;
                         jr_products(w.cent, w.cnt, nc, len, W + k0 * M, M, M, w.prod, w.nzv, w.nzj);
                         /* reuse: every member row gets its cluster's product */
@@ -402,11 +529,11 @@ cdef extern from *:
     /* One image's output pixels (NHWC y, M channels): y[o] = base + sum over (r, s) of the
      * (r, s) product of the input pixel that (r, s) reads (pmap, see jr_pixel_products),
      * where base is y[o] itself (later channel chunks) or bias / 0 (first chunk: y is
-     * written, not read). Every output reads R*S products (padding reads the zero row): no
-     * branch in the loop. */
+     * written, not read). stream: y is written once, in 64-byte aligned rows (jr_stream).
+     * Every output reads R*S products (padding reads the zero row): no branch in the loop. */
     static void jr_conv_gather(const float *const *pmap, int64_t Wd, int64_t M, int64_t R, int64_t S,
                                int64_t stride, int64_t pad, int64_t P, int64_t Q, int first,
-                               const float *bias, float *y, const float **src) {
+                               int stream, const float *bias, float *y, const float **src) {
         const int64_t Wp = Wd + 2 * pad, RS = R * S;
         for (int64_t oy = 0; oy < P; oy++)
             for (int64_t ox = 0; ox < Q; ox++) {
@@ -433,7 +560,11 @@ cdef extern from *:
                         a0 += jr_load(src[u] + m);
                         a1 += jr_load(src[u] + m + 16);
                     }
-                    jr_store(yr + m, a0 + b0 + c0); jr_store(yr + m + 16, a1 + b1 + c1);
+                    if (stream) {
+                        jr_stream(yr + m, a0 + b0 + c0); jr_stream(yr + m + 16, a1 + b1 + c1);
+                    } else {
+                        jr_store(yr + m, a0 + b0 + c0); jr_store(yr + m + 16, a1 + b1 + c1);
+                    }
                 }
                 for (; m + 16 <= M; m += 16) {
                     jr_v16 a0 = !first ? jr_load(yr + m) : bias ? jr_load(bias + m) : (jr_v16){0};
@@ -447,6 +578,9 @@ cdef extern from *:
                 }
             }
     }
+
+    /* images ahead whose input planes are prefetched */
+    #define JR_AHEAD 2
 
     /* Conv with reuse shared across kernel offsets. x NCHW [n_img, C, Hh, Wd]. A
      * sub-vector is a chunk of sub_len channels of one input pixel; it is the sub-vector
@@ -469,18 +603,39 @@ cdef extern from *:
         const int64_t px_img = Hh * Wd, out_img = P * Q, RS = R * S, hp = (int64_t)nv * 16;
         const int64_t cap_px = block_imgs * px_img;
         const int64_t Hp = Hh + 2 * pad, Wp = Wd + 2 * pad, n = RS * M;
+        /* y written once (one chunk), in whole aligned vectors, and too big to stay cached */
+        const int stream = n_chunks == 1 && M % 32 == 0 && ((uintptr_t)y & 63) == 0
+                           && n_img * out_img * M * (int64_t)sizeof(float) > (4 << 20);
         int failed = 0;
+    #if JR_HASH_BF16
+        /* each chunk's projections as bfloat16 pairs, shared by the threads */
+        const int64_t pairs_max = (sub_len + 1) / 2, pstride = (sub_len + 31) / 32 * 16;
+        __m512bh *projB = (__m512bh *)aligned_alloc(64, sizeof(__m512bh) * (size_t)(n_chunks * pairs_max * nv));
+        if (projB)
+            for (int64_t g = 0; g < n_chunks; g++) {
+                const int64_t c0 = g * sub_len, len = c0 + sub_len < C ? sub_len : C - c0;
+                jr_bf16_proj(projT + c0 * hp, nv, len, projB + g * pairs_max * nv);
+            }
+    #endif
         #pragma omp parallel num_threads(jr_threads(nthreads)) if (n_blocks > 1)
         {
             jr_scratch w;
             float *xs = (float *)malloc(sizeof(float) * (size_t)(px_img * sub_len));
+            uint64_t *code = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)px_img);
+    #if JR_HASH_BF16
+            uint32_t *xpairs = (uint32_t *)malloc(sizeof(uint32_t) * (size_t)(px_img * pstride));
+    #endif
             float *local = (float *)malloc(sizeof(float) * (size_t)(px_img * n));
             float *zero_row = (float *)calloc((size_t)n, sizeof(float));
             int32_t *slot = (int32_t *)malloc(sizeof(int32_t) * (size_t)cap_px);
             const float **pmap = (const float **)malloc(sizeof(float *) * (size_t)(Hp * Wp));
             const float **src = (const float **)malloc(sizeof(float *) * (size_t)RS);
-            if (!jr_scratch_init(&w, cap_px, sub_len, n) || !xs || !local || !zero_row || !slot
-                    || !pmap || !src) {
+            if (!jr_scratch_init(&w, cap_px, sub_len, n) || !xs || !code || !local || !zero_row
+                    || !slot || !pmap || !src
+    #if JR_HASH_BF16
+                    || !xpairs || !projB
+    #endif
+                    ) {
                 #pragma omp atomic write
                 failed = 1;
             } else {
@@ -496,13 +651,23 @@ cdef extern from *:
                         ++w.gen;
                         for (int64_t im = 0; im < ni; im++) {
                             const float *planes = x + ((i0 + im) * C + c0) * px_img;
+                            if (im + JR_AHEAD < ni)    /* the chunk's planes are one run of memory */
+                                for (int64_t t = 0; t < len * px_img; t += 16)
+                                    __builtin_prefetch(planes + JR_AHEAD * C * px_img + t);
                             jr_to_channels_last(planes, len, px_img, xs);
-                            /* codes straight from the planes (xs was just stored: its values
-                             * would not forward to the scalar loads), sums from xs */
-                            jr_cluster(planes, 1, px_img, xs, len, px_img, len, projT + c0 * hp,
-                                       thr + g * hp, nv, w.tab, w.cap, w.gen, w.code,
-                                       w.cid + im * px_img, w.cent, w.cnt, &nc,
-                                       &zero_px[b * n_chunks + g]);
+    #if JR_HASH_BF16
+                            jr_bf16_pairs(xs, len, px_img, len, pstride, xpairs);
+                            jr_codes_bf16(xpairs, pstride, projB + g * pairs_max * nv, thr + g * hp,
+                                          nv, px_img, (len + 1) / 2, code);
+    #else
+                            /* straight from the planes: xs was just stored, and its values would
+                             * not forward to the scalar loads */
+                            jr_codes(planes, 1, px_img, projT + c0 * hp, thr + g * hp, nv, px_img,
+                                     len, code);
+    #endif
+                            jr_insert(code, xs, len, px_img, len, w.tab, w.cap, w.gen,
+                                      w.cid + im * px_img, w.cent, w.cnt, &nc,
+                                      &zero_px[b * n_chunks + g]);
                         }
                         clusters[b * n_chunks + g] = nc;
                         /* the table: prod[slot*n + rs*M + m] = mean @ W3[c0 .. c0+len] (all
@@ -517,15 +682,23 @@ cdef extern from *:
                             jr_pixel_products(w.cid + im * px_img, w.cnt, slot, w.cent, len, B, n,
                                               w.prod, zero_row, Hh, Wd, pad, local, pmap, w.nzv,
                                               w.nzj);
-                            jr_conv_gather(pmap, Wd, M, R, S, stride, pad, P, Q, g == 0, bias,
+                            jr_conv_gather(pmap, Wd, M, R, S, stride, pad, P, Q, g == 0, stream, bias,
                                            y + (i0 + im) * out_img * M, src);
                         }
                     }
                 }
             }
             jr_scratch_free(&w);
-            free(xs); free(local); free(zero_row); free(slot); free((void *)pmap); free((void *)src);
+            jr_stream_done();   /* this thread's streamed rows, before the region's barrier */
+            free(xs); free(code); free(local); free(zero_row); free(slot); free((void *)pmap);
+            free((void *)src);
+    #if JR_HASH_BF16
+            free(xpairs);
+    #endif
         }
+    #if JR_HASH_BF16
+        free(projB);
+    #endif
         return failed;
     }
     """
@@ -533,6 +706,7 @@ cdef extern from *:
                         const float *projT, const float *thr, int nv, int64_t sub_len,
                         int64_t block_rows, float *Y, int64_t *clusters, int64_t *zero_rows,
                         int nthreads) nogil
+    int JR_HASH_BF16
     int jr_reuse_conv(const float *x, int64_t n_img, int64_t Hh, int64_t Wd, int64_t C,
                       const float *projT, const float *thr, int nv, int64_t sub_len,
                       const float *W3, const float *bias, int64_t M, int64_t R, int64_t S,
@@ -541,6 +715,9 @@ cdef extern from *:
                       int nthreads) nogil
 
 MAX_HASHES = 64
+# True where reuse_conv_kernel hashes in bfloat16 (a build with AVX512-BF16): its codes are
+# those of the sub-vectors and projections rounded to bfloat16 (nearest even)
+HASH_BF16 = bool(JR_HASH_BF16)
 
 
 def _matrix(a, name, rows=None, cols=None):
@@ -555,6 +732,15 @@ def _matrix(a, name, rows=None, cols=None):
     if cols is not None and a.shape[1] != cols:
         raise ValueError(f"{name} must have {cols} columns, got shape {a.shape}")
     return np.ascontiguousarray(a)
+
+
+def _aligned_empty(shape):
+    """float32 array of `shape` starting on a 64-byte boundary (the kernel streams whole
+    cache lines into it)."""
+    n = int(np.prod(shape))
+    buf = np.empty(n + 16, dtype=np.float32)
+    off = (-buf.ctypes.data % 64) // 4
+    return buf[off:off + n].reshape(shape)
 
 
 def _thresholds(thr, int n_pos, int H, int nv):
@@ -667,7 +853,7 @@ def reuse_conv_kernel(x, weight, proj, int sub_len, int stride, int pad, int64_t
     cdef int64_t n_blocks = (N + block_imgs - 1) // block_imgs if N else 0
     if block_imgs * Hh * Wd >= 2**30:
         raise ValueError("block_imgs * H * W must be < 2**30")
-    y_nhwc = np.empty((N, P, Q, M), dtype=np.float32)
+    y_nhwc = _aligned_empty((N, P, Q, M))
     y = y_nhwc.transpose(0, 3, 1, 2)
     clusters = np.zeros((n_blocks, n_chunks), dtype=np.int64)
     zero_px = np.zeros((n_blocks, n_chunks), dtype=np.int64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels._reuse import reuse_matmul_kernel
+from kernels._reuse import HASH_BF16, reuse_matmul_kernel
 from kernels.reuse import (ReuseSchedule, conv_thresholds, conv_weight_rows, im2col, projections,
                            reuse_conv2d, reuse_matmul)
 
@@ -139,18 +139,33 @@ def test_conv_helper_matches_naive_conv(stride, pad):
     assert st2.cluster_ratio < st.cluster_ratio and st2.relative_error > st.relative_error
 
 
+def bf16(a):
+    """float32 a rounded to bfloat16 (nearest even), as float64."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return u.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def test_bf16_rounding_helper():
+    x = np.array([1.0, 1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-9, -2.5, 0.0], np.float32)
+    np.testing.assert_array_equal(bf16(x), [1.0, 1.0, 1 + 2**-6, 1.0, -2.5, 0.0])
+
+
 def ref_pixel_reuse(x, w, proj, sub_len, block_imgs, stride, pad, clusters=None):
     """Reuse shared across kernel offsets = an exact conv of x with every pixel's channel
     chunk replaced by the mean of its cluster (clusters per block of images and chunk).
-    clusters: a list that gets each (block, chunk)'s nonzero cluster sizes."""
+    clusters: a list that gets each (block, chunk)'s nonzero cluster sizes. The hash codes
+    use bfloat16 values where the kernel hashes in bfloat16 (HASH_BF16)."""
     N, C, H, Wd = x.shape
     xh = x.astype(np.float64).transpose(0, 2, 3, 1).copy()          # NHWC
+    hx = bf16(xh) if HASH_BF16 else xh
+    hproj = bf16(proj) if HASH_BF16 else proj.astype(np.float64)
     for i0 in range(0, N, block_imgs):
         for c0 in range(0, C, sub_len):
             c = slice(c0, min(c0 + sub_len, C))
             px = xh[i0:i0 + block_imgs, :, :, c].reshape(-1, c.stop - c.start)
             nz = px.any(axis=1)
-            keys = (px @ proj[c].astype(np.float64) > 0)
+            keys = (hx[i0:i0 + block_imgs, :, :, c].reshape(px.shape) @ hproj[c] > 0)
             groups: dict[bytes, list[int]] = {}
             for i in np.flatnonzero(nz):
                 groups.setdefault(keys[i].tobytes(), []).append(i)
