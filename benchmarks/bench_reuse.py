@@ -13,6 +13,8 @@ is timed on a precomputed im2col matrix; reuse is timed whole: layout, hashing, 
 scatter, bias); accuracy is the whole network's test accuracy with only that layer
 replaced by its reuse version. "centred" thresholds: kernels.reuse.conv_thresholds,
 calibrated once on the layer's inputs for CALIB_IMAGES training images (not timed).
+metric "input": Gaussian hyperplanes (Ning & Shen); "output": hyperplanes drawn through
+the layer's weight (kernels.reuse.projections), hashing ||(x - y) W|| instead of ||x - y||.
 """
 from __future__ import annotations
 
@@ -39,11 +41,13 @@ from kernels.reuse import conv_thresholds, im2col, reuse_conv2d
 ROOT = Path(__file__).resolve().parents[1]
 CALIB_IMAGES = 512   # training images the centred thresholds are calibrated on, once
 SECTION = "Hashed and reuse kernels"
-# (sub_len, n_hashes, centred thresholds, rows clustered together)
-SETTINGS = [(16, 8, False, 8192), (16, 16, False, 8192), (16, 32, False, 8192),
-            (16, 16, True, 8192), (16, 24, True, 8192), (16, 32, True, 4096), (16, 32, True, 8192),
-            (16, 32, True, 16384), (16, 48, True, 8192), (32, 32, True, 8192), (32, 48, True, 8192),
-            (8, 32, True, 8192), (4, 32, True, 8192)]
+# (sub_len, n_hashes, centred thresholds, rows clustered together, hash metric)
+SETTINGS = [(16, 8, False, 8192, "input"), (16, 16, False, 8192, "input"), (16, 32, False, 8192, "input"),
+            (16, 24, True, 8192, "input"), (16, 32, True, 4096, "input"), (16, 32, True, 8192, "input"),
+            (16, 32, True, 16384, "input"), (16, 48, True, 8192, "input"), (32, 48, True, 8192, "input"),
+            (8, 32, True, 8192, "input"),
+            (16, 32, True, 16384, "output"), (16, 40, True, 8192, "output"), (16, 40, True, 16384, "output"),
+            (16, 48, True, 16384, "output"), (8, 32, True, 16384, "output"), (32, 48, True, 8192, "output")]
 
 
 def load_digits_example():
@@ -91,8 +95,8 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
             b = conv.bias.detach().numpy().astype(np.float32)
             inp = layer_input(model, layer, xt).numpy()
             calib = layer_input(model, layer, x_calib).numpy()
-            thr = {(L, H): conv_thresholds(calib, L, H, seed=0)
-                   for L, H, cen, _ in SETTINGS if cen and L <= inp.shape[1]}
+            thr = {(L, H, mt): conv_thresholds(calib, L, H, seed=0, weight=w if mt == "output" else None)
+                   for L, H, cen, _, mt in SETTINGS if cen and L <= inp.shape[1]}
             M, C, R, S = w.shape
             wt = torch.from_numpy(np.ascontiguousarray(w.reshape(M, -1).T))
             it = torch.from_numpy(inp)
@@ -101,26 +105,26 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
             cols = torch.from_numpy(im2col(inp, R, S, 1, 1)[0])   # im2col itself not timed
             fns = {"im2col": lambda: torch.matmul(cols, wt),
                    "conv2d": lambda: F.conv2d(it, conv.weight, conv.bias, padding=1)}
-            for L, H, cen, blk in SETTINGS:
+            for L, H, cen, blk, mt in SETTINGS:
                 if L <= C:
-                    fns[(L, H, cen, blk)] = (lambda L=L, H=H, cen=cen, blk=blk: reuse_conv2d(
+                    fns[(L, H, cen, blk, mt)] = (lambda L=L, H=H, cen=cen, blk=blk, mt=mt: reuse_conv2d(
                         inp, w, b, stride=1, pad=1, sub_len=L, n_hashes=H, block_rows=blk,
-                        thresholds=thr[(L, H)] if cen else None,
+                        thresholds=thr[(L, H, mt)] if cen else None, metric=mt,
                         compute_error=False, num_threads=threads))
             med, cpu = interleaved_medians(fns, repeats)
             lines.append(f"**{layer}** ({C} -> {M} ch, {inp.shape[2]}x{inp.shape[3]}, 3x3 pad 1; "
                          f"im2col {n * inp.shape[2] * inp.shape[3]} x {C * R * S} times {C * R * S} x {M}): "
                          f"dense im2col matmul {med['im2col'] * 1e3:.2f} ms, torch conv2d (whole layer) "
                          f"{med['conv2d'] * 1e3:.2f} ms\n")
-            lines.append("| sub_len | H | thresholds | block rows | reuse ms (whole layer) | vs im2col matmul | vs conv2d "
-                         "| r_c (per pixel) | zero chunks | MACs exec / dense | rel. error | accuracy (pts vs dense) "
-                         "| CPU-time x (im2col / conv2d) |")
-            lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            lines.append("| sub_len | H | thresholds | metric | block rows | reuse ms (whole layer) | vs im2col matmul "
+                         "| vs conv2d | r_c (per pixel) | zero chunks | MACs exec / dense | rel. error "
+                         "| accuracy (pts vs dense) | CPU-time x (im2col / conv2d) |")
+            lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
             for key in fns:
                 if not isinstance(key, tuple):
                     continue
-                L, H, cen, blk = key
-                t_kw = dict(thresholds=thr[(L, H)] if cen else None, block_rows=blk)
+                L, H, cen, blk, mt = key
+                t_kw = dict(thresholds=thr[(L, H, mt)] if cen else None, block_rows=blk, metric=mt)
                 _, st = reuse_conv2d(inp, w, b, stride=1, pad=1, sub_len=L, n_hashes=H,
                                      num_threads=threads, **t_kw)
 
@@ -130,7 +134,7 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard") -> str:
                     return torch.from_numpy(y)
                 acc = float((forward_from(model, layer, xt, replaced).argmax(1).numpy() == y_test).mean())
                 lines.append(
-                    f"| {L} | {H} | {'centred' if cen else 'sign (0)'} | {blk} | {med[key] * 1e3:.2f} "
+                    f"| {L} | {H} | {'centred' if cen else 'sign (0)'} | {mt} | {blk} | {med[key] * 1e3:.2f} "
                     f"| {med['im2col'] / med[key]:.2f}x "
                     f"| {med['conv2d'] / med[key]:.2f}x | {st.cluster_ratio:.3f} | {st.zero_fraction:.2f} "
                     f"| {1 / st.mac_ratio:.3f} | {st.relative_error:.3f} "

@@ -7,6 +7,16 @@ clustered by H sign bits of random projections; one centroid (mean) per cluster 
 multiplied by the matching rows of W and the product is added to every member row.
 All-zero sub-vectors form their own cluster whose product is zero and is skipped.
 
+The conv kernel (reuse_conv_kernel) clusters channel chunks of input pixels, once for all
+R*S kernel offsets. Per block of images and chunk: each image's planes are turned
+channels-last in L1, hashed (a GEMM micro-kernel; bfloat16 VDPBF16PS where the CPU has
+AVX512-BF16, HASH_BF16) and inserted into an open-addressing table (slots stamped with a
+generation, so no clearing; slots prefetched). Clusters with several members get their
+R*S products in the block's table; a singleton's product (over half the clusters on noisy
+inputs) is formed per image and read back from L1/L2. Each output pixel then sums R*S
+products through a zero-padded pointer map (no branches), written straight to y (streamed
+past the caches when y is large). Products skip the zero entries of a mean.
+
 The Python API is kernels/reuse.py (this file is not reuse.pyx: an extension
 kernels.reuse would shadow that module); this module checks its inputs before the C loop runs.
 """

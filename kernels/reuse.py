@@ -7,8 +7,11 @@ sub-vectors by LSH and compute one product per cluster.
 Cost model (multiply-accumulates): N*K*H to hash + r_c*N*K*M for the centroid products,
 r_c = clusters / rows averaged over sub-vector positions. For a conv (share="pixel", the
 default) a sub-vector is a channel chunk of one input pixel, hashed once for all R*S im2col
-rows that read it: hashing costs pixels*C*H instead of N*K*H. ReuseSchedule picks (sub_len,
-n_hashes) during training, coarse (more reuse) first and finer later.
+rows that read it: hashing costs pixels*C*H instead of N*K*H. Hyperplanes: Gaussian
+(metric="input") or drawn through the weight (metric="output", hashing the error a shared
+product makes); thresholds: 0 (sign) or centred on calibration data (conv_thresholds).
+ReuseSchedule picks (sub_len, n_hashes) during training, coarse (more reuse) first and
+finer later.
 """
 from __future__ import annotations
 

@@ -182,6 +182,7 @@ def ref_pixel_reuse(x, w, proj, sub_len, block_imgs, stride, pad, clusters=None)
     (8, 8, 20, 1, 1, 60, "input"),
     (16, 16, 40, 1, 1, 90, "input"),    # 33..48 hashes: three vectors per code
     (32, 16, 60, 2, 1, 60, "input"),    # 49..64 hashes, two chunks, whole 16 x 16 transposes
+    (40, 40, 20, 1, 1, 60, "input"),    # chunks longer than 32 values (two bfloat16 groups)
     (16, 8, 12, 1, 1, 4096, "output"), (6, 4, 36, 1, 0, 60, "output")])
 def test_pixel_shared_conv_matches_reference(C, sub_len, H, stride, pad, block_rows, metric):
     rng = np.random.default_rng(C + H)
@@ -222,6 +223,19 @@ def test_singleton_and_shared_clusters_together(stride, pad):
     assert 1 in flat and max(flat) > 10
     assert st.relative_error < 1e-5 and st.zero_fraction == pytest.approx(1 / 35)
     assert st.cluster_ratio == pytest.approx((len(flat) + len(sizes)) / (6 * 35))
+
+
+def test_large_output_is_exact_with_fine_hashes():
+    """An output over 4 MB with 32 channels is streamed past the caches: same values."""
+    rng = np.random.default_rng(40)
+    x = rng.standard_normal((130, 16, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    y, st = reuse_conv2d(x, w, b, pad=1, sub_len=16, n_hashes=64, block_rows=8192)
+    assert y.nbytes > 4 << 20 and st.cluster_ratio == 1.0
+    cols, P, Q = im2col(x, 3, 3, 1, 1)
+    ref = (cols @ w.reshape(32, -1).T + b).reshape(130, P, Q, 32).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_pixel_shared_conv_is_exact_with_fine_hashes():
