@@ -174,18 +174,23 @@ cdef extern from *:
         }
     }
 
-    /* out[0:n] = (c[0:len] * scale) @ B[0:len, 0:n]: one cluster's product, of its mean
-     * (c: the members' sum, scale: 1 / members). The zero entries of the mean (ReLU inputs:
-     * a quarter or more) are skipped. nzv, nzj: len scratch. */
-    static void jr_product(const float *c, float scale, int64_t len, const float *B, int64_t ldb,
-                           int64_t n, float *out, float *nzv, int32_t *nzj) {
+    /* The nonzero entries of c[0:len] * scale: values nzv, indices nzj; returns how many.
+     * (The zero entries of a cluster mean, a quarter or more on ReLU inputs, are skipped.) */
+    static int64_t jr_compact(const float *c, float scale, int64_t len, float *nzv, int32_t *nzj) {
         int64_t nnz = 0;
-        for (int64_t j = 0; j < len; j++) {          /* branch-free compaction */
+        for (int64_t j = 0; j < len; j++) {          /* branch-free */
             nzv[nnz] = c[j] * scale;
             nzj[nnz] = (int32_t)j;
             nnz += jr_is_nonzero(c[j]);
         }
-        jr_vecmat(nzv, nzj, nnz, B, ldb, n, out);
+        return nnz;
+    }
+
+    /* out[0:n] = (c[0:len] * scale) @ B[0:len, 0:n]: one cluster's product, of its mean
+     * (c: the members' sum, scale: 1 / members). nzv, nzj: len scratch. */
+    static void jr_product(const float *c, float scale, int64_t len, const float *B, int64_t ldb,
+                           int64_t n, float *out, float *nzv, int32_t *nzj) {
+        jr_vecmat(nzv, nzj, jr_compact(c, scale, len, nzv, nzj), B, ldb, n, out);
     }
 
     /* prod[k*n + 0:n] = (cent[k] / cnt[k]) @ B[0:len, 0:n] for k < nc (cent [nc, len]). */
@@ -512,17 +517,19 @@ cdef extern from *:
     }
 
     /* pmap [(Hh + 2 pad) x (Wd + 2 pad)]: for each pixel of one zero-padded image, where its
-     * R*S products start. Padding and all-zero pixels: the zero row. A pixel whose cluster is
-     * shared (cnt >= 2) reads the block's product table at the cluster's slot; a singleton's
-     * product is formed here, into this image's local rows, so that the table holds only
-     * what is reused and the one-off products are read back while still in L1/L2 (over half
-     * the clusters are singletons on noisy inputs). */
+     * R*S products (n = R*S*M floats) start. Padding and all-zero pixels: the zero row. A pixel
+     * whose cluster is shared (cnt >= 2) reads the block's product table at the cluster's
+     * slot; a singleton's product is formed here, into this image's local rows, so that the
+     * table holds only what is reused and the one-off products are read back while still in
+     * L1/L2 (over half the clusters are singletons on noisy inputs). A singleton only needs
+     * the (r, s) that an output reads: at the image border, part of its product is skipped. */
     static void jr_pixel_products(const int32_t *cid, const int32_t *cnt, const int32_t *slot,
-                                  const float *cent, int64_t len, const float *B, int64_t n,
+                                  const float *cent, int64_t len, const float *B, int64_t M,
+                                  int64_t R, int64_t S, int64_t stride, int64_t P, int64_t Q,
                                   const float *table, const float *zero_row, int64_t Hh, int64_t Wd,
                                   int64_t pad, float *local, const float **pmap, float *nzv,
                                   int32_t *nzj) {
-        const int64_t Wp = Wd + 2 * pad;
+        const int64_t Wp = Wd + 2 * pad, n = R * S * M;
         for (int64_t t = 0; t < (Hh + 2 * pad) * Wp; t++) pmap[t] = zero_row;
         for (int64_t iy = 0; iy < Hh; iy++)
             for (int64_t ix = 0; ix < Wd; ix++) {
@@ -531,8 +538,23 @@ cdef extern from *:
                 const float **p = &pmap[(iy + pad) * Wp + ix + pad];
                 if (k < 0) continue;
                 if (cnt[k] >= 2) { *p = table + (int64_t)slot[k] * n; continue; }
-                jr_product(cent + (int64_t)k * len, 1.0f, len, B, n, n, local + t * n, nzv, nzj);
                 *p = local + t * n;
+                /* offsets read by some output: oy = (iy + pad - r) / stride in [0, P) (a
+                 * superset where stride > 1) */
+                const int64_t r0 = iy + pad - (P - 1) * stride > 0 ? iy + pad - (P - 1) * stride : 0;
+                const int64_t r1 = iy + pad < R - 1 ? iy + pad : R - 1;
+                const int64_t s0 = ix + pad - (Q - 1) * stride > 0 ? ix + pad - (Q - 1) * stride : 0;
+                const int64_t s1 = ix + pad < S - 1 ? ix + pad : S - 1;
+                if (r0 > r1 || s0 > s1) continue;
+                const int64_t nnz = jr_compact(cent + (int64_t)k * len, 1.0f, len, nzv, nzj);
+                if (s0 == 0 && s1 == S - 1) {      /* whole rows of offsets: one run of columns */
+                    jr_vecmat(nzv, nzj, nnz, B + r0 * S * M, n, (r1 - r0 + 1) * S * M,
+                              local + t * n + r0 * S * M);
+                    continue;
+                }
+                for (int64_t r = r0; r <= r1; r++)
+                    jr_vecmat(nzv, nzj, nnz, B + (r * S + s0) * M, n, (s1 - s0 + 1) * M,
+                              local + t * n + (r * S + s0) * M);
             }
     }
 
@@ -689,9 +711,9 @@ cdef extern from *:
                                        w.prod + n_shared++ * n, w.nzv, w.nzj);
                         }
                         for (int64_t im = 0; im < ni; im++) {
-                            jr_pixel_products(w.cid + im * px_img, w.cnt, slot, w.cent, len, B, n,
-                                              w.prod, zero_row, Hh, Wd, pad, local, pmap, w.nzv,
-                                              w.nzj);
+                            jr_pixel_products(w.cid + im * px_img, w.cnt, slot, w.cent, len, B, M, R,
+                                              S, stride, P, Q, w.prod, zero_row, Hh, Wd, pad, local,
+                                              pmap, w.nzv, w.nzj);
                             jr_conv_gather(pmap, Wd, M, R, S, stride, pad, P, Q, g == 0, stream, bias,
                                            y + (i0 + im) * out_img * M, src);
                         }
