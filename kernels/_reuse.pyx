@@ -348,8 +348,12 @@ cdef extern from *:
                 }
                 /* lane h of the result: (even[h], odd[h]) */
                 const __m512 e = _mm512_loadu_ps(even), o = _mm512_loadu_ps(odd);
-                const __m512 lo = _mm512_permutex2var_ps(e, _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0), o);
-                const __m512 hi = _mm512_permutex2var_ps(e, _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8), o);
+                const __m512i pick_lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4,
+                                                         19, 3, 18, 2, 17, 1, 16, 0);
+                const __m512i pick_hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12,
+                                                         27, 11, 26, 10, 25, 9, 24, 8);
+                const __m512 lo = _mm512_permutex2var_ps(e, pick_lo, o);
+                const __m512 hi = _mm512_permutex2var_ps(e, pick_hi, o);
                 out[p * nv + v] = _mm512_cvtne2ps_pbh(hi, lo);
             }
     }
@@ -375,7 +379,8 @@ cdef extern from *:
                 JR_UNROLL for (int u = 0; u < ROWS; u++) { \
                     uint64_t c = 0; \
                     JR_UNROLL for (int v = 0; v < NV; v++) \
-                        c |= (uint64_t)_mm512_cmp_ps_mask(a[u][v], _mm512_setzero_ps(), _CMP_GT_OQ) << (16 * v); \
+                        c |= (uint64_t)_mm512_cmp_ps_mask(a[u][v], _mm512_setzero_ps(), \
+                                                          _CMP_GT_OQ) << (16 * v); \
                     code[i0 + u] = c; \
                 } \
             } \
@@ -387,17 +392,17 @@ cdef extern from *:
 
     static void jr_codes_bf16(const uint32_t *xp, int64_t pstride, const __m512bh *projB,
                               const float *thr, int nv, int64_t nb, int64_t npairs, uint64_t *code) {
-        int64_t i0;
-        switch (nv) {     /* the main micro-kernel, then one row at a time */
-        case 1: i0 = jr_codes_bf16_8x1(xp, pstride, projB, thr, nb, npairs, code);
-                jr_codes_bf16_1x1(xp + i0 * pstride, pstride, projB, thr, nb - i0, npairs, code + i0); break;
-        case 2: i0 = jr_codes_bf16_4x2(xp, pstride, projB, thr, nb, npairs, code);
-                jr_codes_bf16_1x2(xp + i0 * pstride, pstride, projB, thr, nb - i0, npairs, code + i0); break;
-        case 3: i0 = jr_codes_bf16_3x3(xp, pstride, projB, thr, nb, npairs, code);
-                jr_codes_bf16_1x3(xp + i0 * pstride, pstride, projB, thr, nb - i0, npairs, code + i0); break;
-        default: i0 = jr_codes_bf16_2x4(xp, pstride, projB, thr, nb, npairs, code);
-                jr_codes_bf16_1x4(xp + i0 * pstride, pstride, projB, thr, nb - i0, npairs, code + i0); break;
+        /* the main micro-kernel, then one row at a time */
+    #define JR_BF16_CASE(NV, ROWS) \
+        case NV: { \
+            const int64_t i0 = jr_codes_bf16_##ROWS##x##NV(xp, pstride, projB, thr, nb, npairs, code); \
+            jr_codes_bf16_1x##NV(xp + i0 * pstride, pstride, projB, thr, nb - i0, npairs, code + i0); \
+            break; \
         }
+        switch (nv) {
+        JR_BF16_CASE(1, 8) JR_BF16_CASE(2, 4) JR_BF16_CASE(3, 3) default: JR_BF16_CASE(4, 2)
+        }
+    #undef JR_BF16_CASE
     }
     #else
     #define JR_HASH_BF16 0
@@ -411,7 +416,8 @@ cdef extern from *:
     }
 
     /* Per-thread scratch of a clustering pass over up to `rows` sub-vectors of up to sub_len
-     * values, with products of n floats per cluster (one spare zero row after the last). */
+     * values, with products of n floats per cluster (one spare row after the last; n = 0:
+     * no product rows). */
     typedef struct {
         uint64_t *code; jr_slot *tab; int64_t cap; int32_t gen;
         int32_t *cid, *cnt, *nzj; float *cent, *prod, *nzv;
@@ -427,8 +433,8 @@ cdef extern from *:
         w->nzj = (int32_t *)malloc(sizeof(int32_t) * (size_t)sub_len);
         w->nzv = (float *)malloc(sizeof(float) * (size_t)sub_len);
         w->cent = (float *)malloc(sizeof(float) * (size_t)(rows * sub_len));
-        w->prod = (float *)malloc(sizeof(float) * (size_t)((rows + 1) * n));
-        return w->code && w->tab && w->cid && w->cnt && w->nzj && w->nzv && w->cent && w->prod;
+        w->prod = n ? (float *)malloc(sizeof(float) * (size_t)((rows + 1) * n)) : NULL;
+        return w->code && w->tab && w->cid && w->cnt && w->nzj && w->nzv && w->cent && (w->prod || !n);
     }
 
     static void jr_scratch_free(jr_scratch *w) {
@@ -642,7 +648,8 @@ cdef extern from *:
     #if JR_HASH_BF16
         /* each chunk's projections as bfloat16 pairs, shared by the threads */
         const int64_t pairs_max = (sub_len + 1) / 2, pstride = (sub_len + 31) / 32 * 16;
-        __m512bh *projB = (__m512bh *)aligned_alloc(64, sizeof(__m512bh) * (size_t)(n_chunks * pairs_max * nv));
+        __m512bh *projB = (__m512bh *)aligned_alloc(64, sizeof(__m512bh)
+                                                        * (size_t)(n_chunks * pairs_max * nv));
         if (projB)
             for (int64_t g = 0; g < n_chunks; g++) {
                 const int64_t c0 = g * sub_len, len = c0 + sub_len < C ? sub_len : C - c0;
@@ -662,7 +669,9 @@ cdef extern from *:
             int32_t *slot = (int32_t *)malloc(sizeof(int32_t) * (size_t)cap_px);
             const float **pmap = (const float **)malloc(sizeof(float *) * (size_t)(Hp * Wp));
             const float **src = (const float **)malloc(sizeof(float *) * (size_t)RS);
-            if (!jr_scratch_init(&w, cap_px, sub_len, n) || !xs || !code || !local || !zero_row
+            float *table = NULL;             /* the block's shared products, grown as needed */
+            int64_t table_rows = 0;
+            if (!jr_scratch_init(&w, cap_px, sub_len, 0) || !xs || !code || !local || !zero_row
                     || !slot || !pmap || !src
     #if JR_HASH_BF16
                     || !xpairs || !projB
@@ -702,17 +711,30 @@ cdef extern from *:
                                       &zero_px[b * n_chunks + g]);
                         }
                         clusters[b * n_chunks + g] = nc;
-                        /* the table: prod[slot*n + rs*M + m] = mean @ W3[c0 .. c0+len] (all
-                         * (r, s)) for the clusters that are reused */
+                        /* the table: table[slot*n + rs*M + m] = mean @ W3[c0 .. c0+len] (all
+                         * (r, s)) for the clusters that are reused; sized to them (a tenth of
+                         * the rows or so), so it is no fresh mapping to fault in on every call */
+                        for (int64_t k = 0; k < nc; k++) n_shared += w.cnt[k] >= 2;
+                        if (n_shared > table_rows) {
+                            float *grown = (float *)realloc(table, sizeof(float) * (size_t)(n_shared * n));
+                            if (!grown) {
+                                #pragma omp atomic write
+                                failed = 1;
+                                continue;
+                            }
+                            table = grown;
+                            table_rows = n_shared;
+                        }
+                        n_shared = 0;
                         for (int64_t k = 0; k < nc; k++) {
                             if (w.cnt[k] < 2) continue;
                             slot[k] = (int32_t)n_shared;
                             jr_product(w.cent + k * len, 1.0f / (float)w.cnt[k], len, B, n, n,
-                                       w.prod + n_shared++ * n, w.nzv, w.nzj);
+                                       table + n_shared++ * n, w.nzv, w.nzj);
                         }
                         for (int64_t im = 0; im < ni; im++) {
                             jr_pixel_products(w.cid + im * px_img, w.cnt, slot, w.cent, len, B, M, R,
-                                              S, stride, P, Q, w.prod, zero_row, Hh, Wd, pad, local,
+                                              S, stride, P, Q, table, zero_row, Hh, Wd, pad, local,
                                               pmap, w.nzv, w.nzj);
                             jr_conv_gather(pmap, Wd, M, R, S, stride, pad, P, Q, g == 0, stream, bias,
                                            y + (i0 + im) * out_img * M, src);
@@ -722,8 +744,8 @@ cdef extern from *:
             }
             jr_scratch_free(&w);
             jr_stream_done();   /* this thread's streamed rows, before the region's barrier */
-            free(xs); free(code); free(local); free(zero_row); free(slot); free((void *)pmap);
-            free((void *)src);
+            free(xs); free(code); free(table); free(local); free(zero_row); free(slot);
+            free((void *)pmap); free((void *)src);
     #if JR_HASH_BF16
             free(xpairs);
     #endif

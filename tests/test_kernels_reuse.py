@@ -285,7 +285,8 @@ def test_output_metric_projections_are_the_weight_times_gaussians():
     g = np.random.default_rng(3)
     ref = np.concatenate([Wk[k0:k0 + 4] @ g.standard_normal((7, 6)) / np.sqrt(7) for k0 in (0, 4, 8)])
     np.testing.assert_allclose(proj, ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(projections(10, 6, 3), np.random.default_rng(3).standard_normal((10, 6)).astype(np.float32))
+    gauss = np.random.default_rng(3).standard_normal((10, 6)).astype(np.float32)
+    np.testing.assert_array_equal(projections(10, 6, 3), gauss)
     with pytest.raises(ValueError, match="weight"):
         projections(10, 6, 3, Wk[:5], 4)
     with pytest.raises(ValueError, match="sub_len"):
