@@ -1,6 +1,7 @@
 # cython: boundscheck=False, cdivision=True
 """Cython kernels of the SLIDE hashed layer: hash codes, bucket tables, active-set forward
-(per sample and grouped per neuron) and the sparse backward update.
+(per sample, grouped per neuron, and FusedForward: hash + lookup + products of small batches
+in one C call) and the sparse backward update.
 
 Every function checks dtypes, shapes and ranges in Python before the C loop runs
 (kernels/hashing_core.h). The Python API on top is kernels/slide.py.
