@@ -164,12 +164,13 @@ def speed(results: dict, repeats: int, log) -> list[dict]:
     return rows
 
 
-def markdown(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict, command: str, seeds, wall_min: float) -> str:
+def markdown(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict, command: str, seeds, wall_min: float,
+             load: str) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
     lines = ["## Pruning", "",
              f"Command: `{command}`  ",
              f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {platform.machine()}, "
-             f"{os.cpu_count()} cores, shared with other jobs (load average 5-10), torch {torch.__version__} with 1 thread, "
+             f"{os.cpu_count()} cores, 1-minute load average {load}, torch {torch.__version__} with 1 thread, "
              f"onnxruntime with 1 thread; measuring took {wall_min:.0f} min.",
              "",
              "Model: examples/digits DigitsCNN (conv 1-16-32, pool, conv 32, fc 512-10), trained 20 epochs (Adam) per seed. "
@@ -252,7 +253,9 @@ def render(payloads: list[dict], command: str) -> str:
     comparisons = {k: equal_accuracy(means, k[0], k[1], dense[k]) for k in sorted(dense)}
     seeds = sorted({r["seed"] for r in rows})
     wall = sum(p.get("wall_s", 0.0) for p in payloads) / 60
-    return markdown(means, comparisons, speed_rows, dense, command, seeds, wall)
+    loads = [v for p in payloads for v in p.get("load_average", [])]
+    load = f"{min(loads):.1f}-{max(loads):.1f} (start and end of each run)" if loads else "not recorded"
+    return markdown(means, comparisons, speed_rows, dense, command, seeds, wall, load)
 
 
 def write_section(path: Path, section: str) -> None:
@@ -291,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         torch.set_num_threads(1)
         started = time.perf_counter()
+        load_before = os.getloadavg()[0]
         log = lambda message: print(message, flush=True)
         results = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -302,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                     results += [run_seed(s, variant, args.hw, budgets, work, 4.0, log, granularity) for s in args.seeds]
             speed_rows = speed(results, 2000 if not args.quick else 300, log) if "channel" in args.granularities else []
         payloads = [{"command": command, "rows": [r for res in results for r in res["rows"]], "speed": speed_rows,
-                     "wall_s": time.perf_counter() - started}]
+                     "wall_s": time.perf_counter() - started, "load_average": [load_before, os.getloadavg()[0]]}]
         if args.json:
             args.json.write_text(json.dumps(payloads[0], indent=1, default=str))
     section = render(payloads, command)
