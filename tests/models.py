@@ -85,7 +85,9 @@ def _seeded_input(shape: tuple[int, ...], batch: int) -> torch.Tensor:
     return torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(0))
 
 
-class _BasicBlock(nn.Module):
+class BasicBlock(nn.Module):
+    """A ResNet basic block (two 3x3 convs with BatchNorm, a projected shortcut when the shape changes)."""
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -115,8 +117,8 @@ class ResNetTiny(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        self.block1 = _BasicBlock(16, 16, 1)
-        self.block2 = _BasicBlock(16, 32, 2)
+        self.block1 = BasicBlock(16, 16, 1)
+        self.block2 = BasicBlock(16, 32, 2)
         self.fc = nn.Linear(32, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
