@@ -1,7 +1,7 @@
 """Sweep benchmark: 3 models x 3 devices x 4 budgets on this machine's cores, where the time goes
 (per phase inside each cell, and the sweep's own overhead), and a kill + resume check.
 
-    python benchmarks/bench_sweep.py [--jobs 2] [--out build/bench_sweep] [--no-quick] [--no-kill] [--write]
+    python benchmarks/bench_sweep.py [--jobs 2] [--out build/bench_sweep] [--no-quick] [--no-standard] [--no-kill] [--write]
 
 Models: the digits CNN of examples/digits (built by the sweep), a smaller CNN and an MLP, all
 trained here on the same noisy 8x8 digits. Each pruned cell: the `budget` method at channel
@@ -11,7 +11,8 @@ cost model, accuracy evaluation and least-squares restoration are timed by wrapp
 functions in each worker (this script only; the library's cells time
 estimate/prune/export/validate). The kill check runs the quick sweep in a subprocess,
 SIGKILLs it after half the cells, resumes it and compares the tables with the uninterrupted
-run.
+run. A third sweep prunes the digits CNN alone with digits.py's full settings (three times the
+training data, longer fine-tuning).
 """
 from __future__ import annotations
 
@@ -148,6 +149,17 @@ def kill_and_resume(config: Path, out: Path, jobs: int, total: int) -> dict:
             "computed": len(resumed.computed), "resume_wall_s": resumed.wall_s, "result": resumed}
 
 
+def write_standard_config(folder: Path) -> Path:
+    """The digits CNN with digits.py's full settings (3 noisy copies, 20 epochs; prune with
+    finetune_epochs 4, short_epochs 0.3) on the same devices and budgets: more data to fine-tune on."""
+    text = ("seed: 0\nmodels:\n  - {name: digits-cnn, example: digits, epochs: 20, copies: 3}\n"
+            f"devices: [{', '.join(DEVICES)}]\nbudgets: [{', '.join(BUDGETS)}]\nmethods: [budget]\n"
+            "granularities: [channel]\nprune: {finetune_epochs: 4, short_epochs: 0.3}\n")
+    path = folder / "standard.yaml"
+    path.write_text(text)
+    return path
+
+
 def time_split(sweep) -> list[str]:
     """Rows of the where-the-time-goes table of one sweep, and the two headline shares."""
     phases = sweep.phase_totals_s()
@@ -189,6 +201,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench_sweep")
     parser.add_argument("--no-kill", action="store_true", help="skip the kill + resume check")
     parser.add_argument("--no-quick", action="store_true", help="skip the sweep with quick fine-tuning")
+    parser.add_argument("--no-standard", action="store_true", help="skip the digits sweep with digits.py's full settings")
     parser.add_argument("--write", action="store_true", help="write the Sweep section of benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
 
@@ -204,7 +217,7 @@ def main(argv=None) -> int:
     config = write_config(args.out)
     sweep = run_sweep(config, args.out / "run", jobs=args.jobs, progress=True, cell_fn=instrumented_cell)
     ok = [r for r in sweep.results if r.ok]
-    flags = "".join(f" --{f}" for f, on in (("no-kill", args.no_kill), ("no-quick", args.no_quick), ("write", args.write)) if on)
+    flags = "".join(f" --{f}" for f, on in (("no-kill", args.no_kill), ("no-quick", args.no_quick), ("no-standard", args.no_standard), ("write", args.write)) if on)
     lines = [
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}; load average (1/5/15 min) before "
@@ -234,6 +247,18 @@ def main(argv=None) -> int:
             f"({quick.wall_s / 60:.1f} min):",
             "",
             *time_split(quick),
+            "",
+        ]
+    if not args.no_standard:
+        standard = run_sweep(write_standard_config(args.out), args.out / "standard", jobs=args.jobs, progress=True,
+                             cell_fn=instrumented_cell)
+        lines += [
+            f"The digits CNN alone on the same 3 devices x 4 budgets with digits.py's full settings (3 noisy copies per "
+            f"training image, 20 training epochs; finetune_epochs 4, short_epochs 0.3): {len(standard.results)} cells "
+            f"({len(standard.failed)} failed) in {standard.wall_s:.1f} s ({standard.wall_s / 60:.1f} min), "
+            "including training the model:",
+            "",
+            *time_split(standard),
             "",
         ]
     if args.no_kill:
