@@ -17,6 +17,7 @@ BENCHMARKS = {  # name -> arguments that make it write its RESULTS.md section
     "sparse": [],
     "slide": ["--write"],
     "reuse": ["--write"],
+    "runner": [],
     "dsr": ["--write"],
     "pruning": ["--write"],
     "sweep": ["--write"],
