@@ -1,18 +1,18 @@
 """Sweep benchmark: 3 models x 3 devices x 4 budgets on this machine's cores, where the time goes
 (per phase inside each cell, and the sweep's own overhead), and a kill + resume check.
 
-    python benchmarks/bench_sweep.py [--jobs 2] [--out build/bench_sweep] [--no-quick] [--no-standard] [--no-kill] [--write]
+    python benchmarks/bench_sweep.py [--jobs 2] [--out build/bench_sweep] [--no-small] [--no-kill] [--write]
 
 Models: the digits CNN of examples/digits (built by the sweep), a smaller CNN and an MLP, all
 trained here on the same noisy 8x8 digits. Each pruned cell: the `budget` method at channel
-granularity, with pruning's default fine-tuning; then the same cells with the quick
+granularity. Three sweeps: digits.py's data (3 noisy copies of each training image) with
+pruning's default fine-tuning; one copy with the default fine-tuning; one copy with the quick
 fine-tuning of examples/sweep/default.yaml. Inside the prune phase, fine-tuning, the energy
 cost model, accuracy evaluation and least-squares restoration are timed by wrapping those
 functions in each worker (this script only; the library's cells time
 estimate/prune/export/validate). The kill check runs the quick sweep in a subprocess,
 SIGKILLs it after half the cells, resumes it and compares the tables with the uninterrupted
-run. A third sweep prunes the digits CNN alone with digits.py's full settings (three times the
-training data, longer fine-tuning).
+run.
 """
 from __future__ import annotations
 
@@ -84,8 +84,9 @@ def instrumented_cell(job):
     return replace(result, timings_s={**result.timings_s, **{f"prune.{k}": _TIMES.get(k, 0.0) for k in INNER}})
 
 
-def make_models(folder: Path) -> None:
-    """Train the small CNN and the MLP on the digits example's data; write ONNX + npz."""
+def make_models(folder: Path, copies: int) -> None:
+    """Train the small CNN and the MLP on the digits example's data (``copies`` noisy copies of
+    each training image); write ONNX + npz into ``folder``."""
     import numpy as np
     import torch
     from torch import nn
@@ -95,7 +96,7 @@ def make_models(folder: Path) -> None:
 
     torch.set_num_threads(1)
     digits = load_example("digits")
-    (x, y), (x_test, y_test) = digits.make_dataset("hard", seed=0, copies=1)
+    (x, y), (x_test, y_test) = digits.make_dataset("hard", seed=0, copies=copies)
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "train.npz", x=x, y=y)
     np.savez(folder / "test.npz", x=x_test, y=y_test)
@@ -119,10 +120,13 @@ def make_models(folder: Path) -> None:
 QUICK_PRUNE = "prune: {finetune_epochs: 1, short_epochs: 0.2}\n"  # what examples/sweep/default.yaml uses
 
 
-def write_config(folder: Path, name: str = "sweep", prune_line: str = "") -> Path:
-    """The 3 x 3 x 4 sweep; ``prune_line`` empty: pruning's default fine-tuning."""
+def write_config(folder: Path, name: str, copies: int, prune_line: str = "") -> Path:
+    """The 3 x 3 x 4 sweep on the data of make_models(folder, copies); ``prune_line`` empty:
+    pruning's default fine-tuning. The digits CNN trains as digits.py does (20 epochs) on the
+    3-copy data, 8 epochs on the 1-copy data."""
     models = "\n".join(f"  - {{name: {n}, onnx: {n}.onnx, train: train.npz, test: test.npz}}" for n in ("small-cnn", "mlp"))
-    text = (f"seed: 0\nmodels:\n  - {{name: digits-cnn, example: digits, epochs: 8, copies: 1}}\n{models}\n"
+    epochs = 20 if copies >= 3 else 8
+    text = (f"seed: 0\nmodels:\n  - {{name: digits-cnn, example: digits, epochs: {epochs}, copies: {copies}}}\n{models}\n"
             f"devices: [{', '.join(DEVICES)}]\nbudgets: [{', '.join(BUDGETS)}]\nmethods: [budget]\n"
             f"granularities: [channel]\n{prune_line}")
     path = folder / f"{name}.yaml"
@@ -147,17 +151,6 @@ def kill_and_resume(config: Path, out: Path, jobs: int, total: int) -> dict:
     resumed = run_sweep(config, out, jobs=jobs, progress=False, resume=True)
     return {"killed_after_s": killed_at, "stored": stored, "reused": len(resumed.reused),
             "computed": len(resumed.computed), "resume_wall_s": resumed.wall_s, "result": resumed}
-
-
-def write_standard_config(folder: Path) -> Path:
-    """The digits CNN with digits.py's full settings (3 noisy copies, 20 epochs; prune with
-    finetune_epochs 4, short_epochs 0.3) on the same devices and budgets: more data to fine-tune on."""
-    text = ("seed: 0\nmodels:\n  - {name: digits-cnn, example: digits, epochs: 20, copies: 3}\n"
-            f"devices: [{', '.join(DEVICES)}]\nbudgets: [{', '.join(BUDGETS)}]\nmethods: [budget]\n"
-            "granularities: [channel]\nprune: {finetune_epochs: 4, short_epochs: 0.3}\n")
-    path = folder / "standard.yaml"
-    path.write_text(text)
-    return path
 
 
 def time_split(sweep) -> list[str]:
@@ -195,13 +188,22 @@ def time_split(sweep) -> list[str]:
     return rows
 
 
+def _sweep_lines(title: str, sweep, models_s: float) -> list[str]:
+    ok = [r for r in sweep.results if r.ok]
+    return [f"### {title}", "",
+            f"{len(sweep.results)} cells ({len(ok)} ok, {len(sweep.failed)} failed) on a process pool of {sweep.jobs} "
+            f"workers: **wall {sweep.wall_s:.1f} s ({sweep.wall_s / 60:.1f} min)**, plus {models_s:.1f} s to train the "
+            "two extra models. Where the time goes (seconds summed over cells, measured inside the workers; the prune "
+            "phase split by wrapping pruning's functions in the benchmark's cell function):", "",
+            *time_split(sweep), ""]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench_sweep")
     parser.add_argument("--no-kill", action="store_true", help="skip the kill + resume check")
-    parser.add_argument("--no-quick", action="store_true", help="skip the sweep with quick fine-tuning")
-    parser.add_argument("--no-standard", action="store_true", help="skip the digits sweep with digits.py's full settings")
+    parser.add_argument("--no-small", action="store_true", help="skip the two sweeps on the 1-copy data")
     parser.add_argument("--write", action="store_true", help="write the Sweep section of benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
 
@@ -211,76 +213,51 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     if args.out.exists():
         shutil.rmtree(args.out)
-    t0 = time.perf_counter()
-    make_models(args.out)
-    models_s = time.perf_counter() - t0
-    config = write_config(args.out)
-    sweep = run_sweep(config, args.out / "run", jobs=args.jobs, progress=True, cell_fn=instrumented_cell)
-    ok = [r for r in sweep.results if r.ok]
-    flags = "".join(f" --{f}" for f, on in (("no-kill", args.no_kill), ("no-quick", args.no_quick), ("no-standard", args.no_standard), ("write", args.write)) if on)
+    flags = "".join(f" --{f}" for f, on in (("no-kill", args.no_kill), ("no-small", args.no_small), ("write", args.write)) if on)
     lines = [
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}; load average (1/5/15 min) before "
-        f"{' '.join(f'{v:.2f}' for v in load_before)}, after {{after}} (the machine is shared with other "
-        "work: timings are noisy)",
+        f"{' '.join(f'{v:.2f}' for v in load_before)}, after {{after}}",
         f"- command: `python benchmarks/bench_sweep.py --jobs {args.jobs}{flags}` (whole script {{script_s}})",
-        f"- sweep: 3 models (digits-cnn from examples/digits, small-cnn, mlp; noisy 8x8 digits, one noisy copy per "
-        f"training image) x 3 devices ({', '.join(DEVICES)}) x 4 budgets ({', '.join(BUDGETS)}); method budget, "
-        "channel granularity, pruning's default fine-tuning (finetune_epochs 3, short_epochs 0.3), validation on "
-        "(onnxruntime vs torch, kernels vs onnxruntime)",
-        f"- {len(sweep.results)} cells ({len(ok)} ok, {len(sweep.failed)} failed) on a process pool of "
-        f"{sweep.jobs} workers: **wall {sweep.wall_s:.1f} s ({sweep.wall_s / 60:.1f} min)**, plus {models_s:.1f} s "
-        "to train the two extra models",
-        "",
-        "Where the time goes (seconds summed over cells, measured inside the workers; the prune phase split by "
-        "wrapping pruning's functions in the benchmark's cell function):",
-        "",
-        *time_split(sweep),
+        f"- every sweep: 3 models (digits-cnn from examples/digits, small-cnn, mlp; noisy 8x8 digits) x 3 devices "
+        f"({', '.join(DEVICES)}) x 4 budgets ({', '.join(BUDGETS)}); method budget, channel granularity, validation "
+        "on (onnxruntime vs torch, kernels vs onnxruntime)",
         "",
     ]
-    quick_config = write_config(args.out, "quick", QUICK_PRUNE)
-    if not args.no_quick:
-        quick = run_sweep(quick_config, args.out / "quick", jobs=args.jobs, progress=True, cell_fn=instrumented_cell)
-        lines += [
-            f"The same 36 cells with the quick fine-tuning of examples/sweep/default.yaml (finetune_epochs 1, "
-            f"short_epochs 0.2): {len(quick.results)} cells ({len(quick.failed)} failed) in {quick.wall_s:.1f} s "
-            f"({quick.wall_s / 60:.1f} min):",
-            "",
-            *time_split(quick),
-            "",
-        ]
-    if not args.no_standard:
-        standard = run_sweep(write_standard_config(args.out), args.out / "standard", jobs=args.jobs, progress=True,
-                             cell_fn=instrumented_cell)
-        lines += [
-            f"The digits CNN alone on the same 3 devices x 4 budgets with digits.py's full settings (3 noisy copies per "
-            f"training image, 20 training epochs; finetune_epochs 4, short_epochs 0.3): {len(standard.results)} cells "
-            f"({len(standard.failed)} failed) in {standard.wall_s:.1f} s ({standard.wall_s / 60:.1f} min), "
-            "including training the model:",
-            "",
-            *time_split(standard),
-            "",
-        ]
+    runs = [("main", 3, "", "digits.py's data (3 noisy copies of each training image), pruning's default "
+             "fine-tuning (finetune_epochs 3, short_epochs 0.3)")]
+    if not args.no_small:
+        runs += [("small", 1, "", "one noisy copy of each training image, pruning's default fine-tuning"),
+                 ("quick", 1, QUICK_PRUNE, "one noisy copy, the quick fine-tuning of examples/sweep/default.yaml "
+                  "(finetune_epochs 1, short_epochs 0.2)")]
+    sweeps = {}
+    for name, copies, prune_line, title in runs:
+        folder = args.out / f"copies{copies}"
+        t0 = time.perf_counter()
+        make_models(folder, copies)
+        models_s = time.perf_counter() - t0
+        config = write_config(folder, name, copies, prune_line)
+        sweeps[name] = (config, run_sweep(config, args.out / name, jobs=args.jobs, progress=True, cell_fn=instrumented_cell))
+        lines += _sweep_lines(title, sweeps[name][1], models_s)
     if args.no_kill:
         lines.append("Kill + resume: not run (--no-kill).")
     else:
-        reference = args.out / "quick"
-        if args.no_quick:
-            reference = args.out / "quick-reference"
-            run_sweep(quick_config, reference, jobs=args.jobs, progress=False)
-        k = kill_and_resume(quick_config, args.out / "killed", args.jobs, len(sweep.results))
-        same = all((reference / n).read_text() == (args.out / "killed" / n).read_text()
+        name = "quick" if "quick" in sweeps else "main"
+        config, whole = sweeps[name]
+        k = kill_and_resume(config, args.out / "killed", args.jobs, len(whole.results))
+        same = all((args.out / name / n).read_text() == (args.out / "killed" / n).read_text()
                    for n in ("results.csv", "results.json", "plots.json", "report.md"))
-        lines.append(f"Kill + resume (the quick sweep): run in a subprocess, SIGKILLed (driver and pool workers) after "
-                     f"{k['killed_after_s']:.1f} s with {k['stored']}/{len(sweep.results)} cells stored; the "
+        lines.append(f"Kill + resume (the {name} sweep): run in a subprocess, SIGKILLed (driver and pool workers) after "
+                     f"{k['killed_after_s']:.1f} s with {k['stored']}/{len(whole.results)} cells stored; the "
                      f"re-run with resume reused {k['reused']} and computed {k['computed']} in {k['resume_wall_s']:.1f} s; "
                      f"results.csv, results.json, plots.json and report.md byte-identical to the uninterrupted run: "
                      f"**{'yes' if same else 'NO'}**.")
     after = " ".join(f"{v:.2f}" for v in os.getloadavg())
     body = "\n".join(lines).replace("{after}", after).replace("{script_s}", f"{time.perf_counter() - started:.0f} s")
     print(body)
-    for r in sweep.failed:
-        print(f"failed: {r.key}: {r.error}")
+    for _, sweep in sweeps.values():
+        for r in sweep.failed:
+            print(f"failed: {r.key}: {r.error}")
     if args.write:
         sys.path.insert(0, str(REPO / "benchmarks"))
         from results import update_section
