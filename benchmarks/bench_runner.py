@@ -241,7 +241,8 @@ def main() -> None:
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, one thread for every side (ort intra/inter-op 1, BLAS 1); "
         f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} at the start, "
-        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end (other jobs shared the 2 cores: wall figures are noisy; "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end "
+        f"({'other jobs shared the 2 cores: wall figures are noisy; ' if max(load_before[0], load[0]) > 1.5 else ''}"
         "the CPU-time ratio, of this thread's CPU time, leaves out time it was descheduled); "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; the run took {time.time() - started:.0f} s.",
         f"Command: `python benchmarks/bench_runner.py --repeats {args.repeats}` (medians of interleaved rounds, "
