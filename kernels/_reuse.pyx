@@ -24,6 +24,8 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint64_t
 
+from kernels._checks import matrix
+
 cnp.import_array()
 
 cdef extern from *:
@@ -775,17 +777,7 @@ HASH_BF16 = bool(JR_HASH_BF16)
 
 
 def _matrix(a, name, rows=None, cols=None):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise TypeError(f"{name} must have dtype float32, got {a.dtype}")
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
-    if rows is not None and a.shape[0] != rows:
-        raise ValueError(f"{name} must have {rows} rows, got shape {a.shape}")
-    if cols is not None and a.shape[1] != cols:
-        raise ValueError(f"{name} must have {cols} columns, got shape {a.shape}")
-    return np.ascontiguousarray(a)
+    return matrix(a, name, np.float32, rows, cols)
 
 
 def _aligned_empty(shape):

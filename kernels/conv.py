@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kernels._checks import array
 from kernels.formats import BSRMatrix, CSRMatrix
 from kernels.reference import _pair, conv_output_size, im2col
 from kernels.sparse_gemm import SkinnyWeight, _check_threads, skinny_gemm, spmm_im2col
@@ -35,13 +36,7 @@ def use_skinny(rows: int, cols: int) -> bool:
 
 
 def _check_x(x: object) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
-    if x.dtype != np.float32:
-        raise TypeError(f"x must have dtype float32, got {x.dtype} (use .astype(np.float32))")
-    if x.ndim != 4:
-        raise ValueError(f"x must be 4-D [N, C, H, W], got shape {x.shape}")
-    return x
+    return array(x, "x", np.float32, 4, "[N, C, H, W]")
 
 
 def _check_conv_args(stride, pad, dilation, groups) -> tuple:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels._checks import array
+
 _INT32_MAX = np.iinfo(np.int32).max
 
 
@@ -35,13 +37,7 @@ def _check_shape(shape: object) -> tuple[int, int]:
 
 
 def _check_index_array(a: object, name: str) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray of int32, got {type(a).__name__}")
-    if a.dtype != np.int32:
-        raise TypeError(f"{name} must have dtype int32, got {a.dtype} (use .astype(np.int32))")
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
-    return a
+    return array(a, name, np.int32, 1)
 
 
 def _check_indptr(indptr: np.ndarray, n_units: int, nnz: int, unit: str) -> None:

@@ -11,6 +11,8 @@ cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+from kernels._checks import array, matrix
+
 cnp.import_array()
 
 cdef extern from "hashing_core.h" nogil:
@@ -68,22 +70,11 @@ GROUP_CHUNK = 256
 
 def _matrix(a, name, dtype, cols=None):
     """a as a C-contiguous 2-D array of dtype; wrong dtype or rank is an error, not a cast."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
-    if cols is not None and a.shape[1] != cols:
-        raise ValueError(f"{name} must have {cols} columns, got shape {a.shape}")
-    return np.ascontiguousarray(a)
+    return matrix(a, name, dtype, cols=cols)
 
 
 def _vector(a, name, dtype, length):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
+    a = array(a, name, dtype)
     if a.ndim != 1 or a.shape[0] != length:
         raise ValueError(f"{name} must have shape ({length},), got {a.shape}")
     return np.ascontiguousarray(a)

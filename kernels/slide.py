@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels import hashing as _h
+from kernels._checks import matrix
 
 FAMILIES = ("simhash", "dwta")
 MODES = ("auto", "batched", "per_sample")
@@ -57,17 +58,10 @@ class SparseActivations:
 
 
 def _as_float32_matrix(a, name: str, cols: int | None = None) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise TypeError(f"{name} must have dtype float32, got {a.dtype}")
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
-    if cols is not None and a.shape[1] != cols:
-        raise ValueError(f"{name} must have {cols} columns (input features), got shape {a.shape}")
+    a = matrix(a, name, np.float32, cols=cols)
     if a.size and not np.isfinite(a).all():
         raise ValueError(f"{name} must be finite (no NaN or inf)")
-    return np.ascontiguousarray(a)
+    return a
 
 
 def _aligned_copy(a: np.ndarray, align: int = WEIGHT_ALIGN) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, int64_t
 
+from kernels._checks import array, matrix
 from kernels.formats import BSRMatrix, CSRMatrix
 
 cnp.import_array()
@@ -232,13 +233,7 @@ class SkinnyWeight:
     __slots__ = ("shape", "packed")
 
     def __init__(self, W):
-        if not isinstance(W, np.ndarray):
-            raise TypeError(f"W must be a numpy.ndarray, got {type(W).__name__}")
-        if W.dtype != np.float32:
-            raise TypeError(f"W must have dtype float32, got {W.dtype}")
-        if W.ndim != 2:
-            raise ValueError(f"W must be 2-D [M, K], got shape {W.shape}")
-        cdef cnp.ndarray w = np.ascontiguousarray(W)
+        cdef cnp.ndarray w = matrix(W, "W", np.float32, layout="[M, K]")
         cdef int64_t M = w.shape[0], K = w.shape[1]
         cdef cnp.ndarray packed = np.empty(M * K, dtype=np.float32)
         cdef const float *src = <const float *>cnp.PyArray_DATA(w)
@@ -260,12 +255,7 @@ def skinny_gemm(W, X, out=None, threads=1):
     if not isinstance(W, SkinnyWeight):
         raise TypeError(f"W must be a SkinnyWeight, got {type(W).__name__}")
     cdef int nthreads = _check_threads(threads)
-    if not isinstance(X, np.ndarray):
-        raise TypeError(f"X must be a numpy.ndarray, got {type(X).__name__}")
-    if X.dtype != np.float32:
-        raise TypeError(f"X must have dtype float32, got {X.dtype}")
-    if X.ndim != 2:
-        raise ValueError(f"X must be 2-D [K, N], got shape {X.shape}")
+    array(X, "X", np.float32, 2, "[K, N]")
     cdef Py_ssize_t M = W.shape[0], K = W.shape[1], N = X.shape[1]
     if X.shape[0] != K:
         raise ValueError(f"shape mismatch: W is {W.shape} but X is {X.shape} (X must have {K} rows)")
