@@ -81,8 +81,14 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
     return path
 
 
-def _seeded_input(shape: tuple[int, ...], batch: int) -> torch.Tensor:
-    return torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(0))
+class _SeededInput:
+    """``example_input(batch)``: a seeded random batch of the class's INPUT_SHAPE."""
+
+    INPUT_SHAPE: tuple[int, ...]
+
+    @classmethod
+    def example_input(cls, batch: int = 1) -> torch.Tensor:
+        return torch.randn((batch,) + cls.INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
 
 
 class BasicBlock(nn.Module):
@@ -104,7 +110,7 @@ class BasicBlock(nn.Module):
         return F.relu(y + (x if self.proj is None else self.proj(x)))
 
 
-class ResNetTiny(nn.Module):
+class ResNetTiny(_SeededInput, nn.Module):
     """Input 3x32x32. Dense MACs at batch 1:
     stem 3->16 3x3 @32x32: 16*3*9*1024 = 442368;
     block1 (16->16, identity): 2 * 16*16*9*1024 = 4718592;
@@ -125,12 +131,8 @@ class ResNetTiny(nn.Module):
         x = self.block2(self.block1(self.stem(x)))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
-    @classmethod
-    def example_input(cls, batch: int = 1) -> torch.Tensor:
-        return _seeded_input(cls.INPUT_SHAPE, batch)
 
-
-class MobileNetTiny(nn.Module):
+class MobileNetTiny(_SeededInput, nn.Module):
     """Input 3x32x32, depthwise-separable blocks. Dense MACs at batch 1:
     stem 3->16 3x3 stride 2 -> 16x16: 16*3*9*256 = 110592;
     dw 16 3x3 @16x16: 16*9*256 = 36864; pw 16->32: 32*16*256 = 131072;
@@ -158,12 +160,8 @@ class MobileNetTiny(nn.Module):
         x = self.block2(self.block1(self.stem(x)))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
-    @classmethod
-    def example_input(cls, batch: int = 1) -> torch.Tensor:
-        return _seeded_input(cls.INPUT_SHAPE, batch)
 
-
-class TransformerBlock(nn.Module):
+class TransformerBlock(_SeededInput, nn.Module):
     """A post-norm encoder layer written out by hand; input [batch, seq 16, d 32], 2 heads of 16.
     Dense MACs at batch 1:
     Q, K, V, out projections: 4 * 16*32*32 = 65536;
@@ -195,10 +193,6 @@ class TransformerBlock(nn.Module):
         x = self.ln1(x + self.out(context))
         return self.ln2(x + self.ff2(F.gelu(self.ff1(x))))
 
-    @classmethod
-    def example_input(cls, batch: int = 1) -> torch.Tensor:
-        return _seeded_input(cls.INPUT_SHAPE, batch)
-
 
 def _digits_example():
     """examples/digits/digits.py as a module: the tests use the example's own network."""
@@ -211,7 +205,7 @@ def _digits_example():
     return module
 
 
-class DigitsCNN(_digits_example().DigitsCNN):
+class DigitsCNN(_SeededInput, _digits_example().DigitsCNN):
     """The digits example's CNN (input 1x8x8, 10 classes). Dense MACs at batch 1:
     conv 1->16 3x3 pad 1 @8x8: 16*1*9*64 = 9216; conv 16->32 @8x8: 32*16*9*64 = 294912;
     maxpool 2 -> 4x4; conv 32->32 @4x4: 32*32*9*16 = 147456; flatten 32*4*4 = 512 -> fc 10: 5120.
@@ -219,10 +213,6 @@ class DigitsCNN(_digits_example().DigitsCNN):
 
     INPUT_SHAPE = (1, 8, 8)
     ANALYTIC_MACS = 9216 + 294912 + 147456 + 5120
-
-    @classmethod
-    def example_input(cls, batch: int = 1) -> torch.Tensor:
-        return _seeded_input(cls.INPUT_SHAPE, batch)
 
 
 TORCH_MODELS: tuple[type[nn.Module], ...] = (ResNetTiny, MobileNetTiny, TransformerBlock, DigitsCNN)
