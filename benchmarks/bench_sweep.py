@@ -109,8 +109,6 @@ def make_models(folder: Path, copies: int) -> None:
     from pruning.train import fine_tune
 
     for name, make in nets.items():
-        if (folder / f"{name}.onnx").exists():
-            continue
         torch.manual_seed(0)
         model = make()
         fine_tune(model, torch.from_numpy(x), torch.from_numpy(y), epochs=8, seed=0, lr=4e-3)
@@ -230,11 +228,13 @@ def main(argv=None) -> int:
         runs += [("small", 1, "", "one noisy copy of each training image, pruning's default fine-tuning"),
                  ("quick", 1, QUICK_PRUNE, "one noisy copy, the quick fine-tuning of examples/sweep/default.yaml "
                   "(finetune_epochs 1, short_epochs 0.2)")]
-    sweeps = {}
+    sweeps, built = {}, set()
     for name, copies, prune_line, title in runs:
         folder = args.out / f"copies{copies}"
         t0 = time.perf_counter()
-        make_models(folder, copies)
+        if copies not in built:  # the 1-copy sweeps share their data and models
+            make_models(folder, copies)
+            built.add(copies)
         models_s = time.perf_counter() - t0
         config = write_config(folder, name, copies, prune_line)
         sweeps[name] = (config, run_sweep(config, args.out / name, jobs=args.jobs, progress=True, cell_fn=instrumented_cell))
