@@ -50,6 +50,13 @@ class Context:
     def energy(self, state: PruneState, override: dict | None = None) -> float:
         return self.units.energy.total_pj(self.units.graph(state, override))
 
+    def pruned(self, state: PruneState, unit, level: float) -> PruneState:
+        """A copy of ``state`` with ``unit`` moved down to ``level`` (restored by least squares
+        unless restoration is off); ``state`` itself is untouched."""
+        candidate = state.copy()
+        self.units.apply(candidate, unit, level, restore=self.restore)
+        return candidate
+
     def tune(self, state: PruneState, epochs: float) -> None:
         self._tunes += 1
         self.samples_trained += fine_tune(state.module, self.train_x, self.train_y, epochs=epochs,
@@ -177,8 +184,7 @@ def energy_aware(ctx: Context, state: PruneState, target_pj: float | None, step:
                 level = next_level(unit)
                 if level is None:
                     break
-                candidate = state.copy()
-                units.apply(candidate, unit, level, restore=ctx.restore)
+                candidate = ctx.pruned(state, unit, level)
                 acc = ctx.evaluate(candidate.module)
                 if acc < floor:
                     break
@@ -198,8 +204,7 @@ def energy_aware(ctx: Context, state: PruneState, target_pj: float | None, step:
                 level = next_level(unit)
                 if level is None:
                     continue
-                candidate = state.copy()
-                units.apply(candidate, unit, level, restore=ctx.restore)
+                candidate = ctx.pruned(state, unit, level)
                 acc = ctx.evaluate(candidate.module)
                 saved = now - ctx.energy(candidate)
                 loss_per_pj = (acc_now - acc) / saved if saved > 0 else math.inf
@@ -236,8 +241,7 @@ def budget(ctx: Context, state: PruneState, target_pj: float, initial_step: floa
                 if not below:
                     continue
                 level = below[-1]
-            candidate = state.copy()
-            units.apply(candidate, unit, level, restore=ctx.restore)
+            candidate = ctx.pruned(state, unit, level)
             saved = now - ctx.energy(candidate)
             if saved <= 0:
                 continue
