@@ -6,7 +6,7 @@ STAMP := $(VENV)/.joulecut-installed
 
 .PHONY: install demo test bench clean
 
-$(STAMP): pyproject.toml setup.py constraints.txt $(wildcard kernels/*.pyx kernels/*.h)
+$(STAMP): pyproject.toml setup.py constraints.txt $(wildcard kernels/*.pyx kernels/*.h energy/*.pyx)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -c constraints.txt "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.26"

@@ -1,4 +1,5 @@
-"""Builds the Cython kernels in kernels/*.pyx (everything else is in pyproject.toml).
+"""Builds the Cython kernels in kernels/*.pyx and the estimator's search objective
+energy/_objective.pyx (everything else is in pyproject.toml).
 
 JOULECUT_PORTABLE=1 builds without -march=native, for wheels that must run on other CPUs.
 """
@@ -35,6 +36,16 @@ def _extensions() -> list[Extension]:
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         )
         for path in sorted(glob.glob("kernels/*.pyx"))
+    ] + [
+        # Must return the very doubles NumPy computes (tests/test_estimator_objective.py): no
+        # -ffast-math, no FMA contraction, no -march=native.
+        Extension(
+            "energy._objective",
+            ["energy/_objective.pyx"],
+            include_dirs=[numpy.get_include()],
+            extra_compile_args=[] if sys.platform == "win32" else ["-O2", "-ffp-contract=off", "-fno-fast-math"],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        )
     ]
 
 

@@ -297,6 +297,24 @@ def _above(per_level: np.ndarray) -> np.ndarray:
     return out
 
 
+def _sparsity_scales(ctx: LayerContext, spec: HardwareSpec) -> tuple[float, float, dict[Operand, float]]:
+    """Which densities scale MAC work (``eff_all``), compute cycles (``eff_skip``) and each
+    operand's MAC-level reads (``read_scale``): a gating operand is itself still read."""
+    eff_all, eff_skip = 1.0, 1.0
+    read_scale = {}
+    for op in (Operand.WEIGHTS, Operand.INPUTS):
+        sp = spec.operand_sparsity(op)
+        if sp.action is not SparsityAction.NONE:
+            eff_all *= ctx.density_of(op)
+        if sp.action is SparsityAction.SKIP:
+            eff_skip *= ctx.density_of(op)
+    for op in OPERANDS:
+        sp = spec.operand_sparsity(op)
+        gate_self = op is not Operand.OUTPUTS and sp.action is SparsityAction.GATE
+        read_scale[op] = eff_all / ctx.density_of(op) if gate_self and ctx.density_of(op) > 0 else eff_all
+    return eff_all, eff_skip, read_scale
+
+
 def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext, *, fits: np.ndarray | None = None) -> BatchCost:
     """Access counts, energy and cycles of every mapping in ``batch`` (see module docstring).
     ``fits``: the caller's ``feasible(batch, ...)``, if it has it already."""
@@ -328,19 +346,7 @@ def evaluate(batch: MappingBatch, ctx: LayerContext, hw: HardwareContext, *, fit
     footprints = {op: _footprint(op, tile, ctx) for op in OPERANDS}  # (K, L) each
     unions = {op: _footprint(op, with_spatial, ctx) for op in OPERANDS}  # the whole array's tile
 
-    # Sparsity: which densities scale MAC work, cycles and bits moved.
-    eff_all, eff_skip = 1.0, 1.0
-    read_scale = {}
-    for op in (Operand.WEIGHTS, Operand.INPUTS):
-        sp = spec.operand_sparsity(op)
-        if sp.action is not SparsityAction.NONE:
-            eff_all *= ctx.density_of(op)
-        if sp.action is SparsityAction.SKIP:
-            eff_skip *= ctx.density_of(op)
-    for op in OPERANDS:
-        sp = spec.operand_sparsity(op)
-        gate_self = op is not Operand.OUTPUTS and sp.action is SparsityAction.GATE
-        read_scale[op] = eff_all / ctx.density_of(op) if gate_self and ctx.density_of(op) > 0 else eff_all
+    eff_all, eff_skip, read_scale = _sparsity_scales(ctx, spec)
 
     reads: dict[tuple[int, Operand], np.ndarray] = {}
     writes: dict[tuple[int, Operand], np.ndarray] = {}
@@ -441,3 +447,113 @@ def objective_values(cost: BatchCost, objective: str) -> np.ndarray:
     else:
         raise ValueError(f"objective must be 'energy' or 'edp', got {objective!r}")
     return np.where(cost.feasible, value, np.inf)
+
+
+@dataclass(frozen=True, eq=False)
+class ObjectivePlan:
+    """Everything ``energy._objective.objective`` needs of a layer on a hardware context, as
+    scalars and small arrays (operands in ``OPERANDS`` order; level ``n_levels`` is the array
+    network). ``read_keys`` / ``write_keys``: the (level, operand) order in which ``evaluate``
+    first touches its access dicts, which is the order it sums their energy in."""
+
+    n_levels: int
+    n_per_pe: int
+    rows: int
+    cols: int
+    geometry: np.ndarray  # stride_h, dilation_h, H, stride_w, dilation_w, W
+    orders: np.ndarray
+    relevant: np.ndarray  # (3, 8) uint8
+    holds: np.ndarray  # (3, L) levels holding each operand, innermost first, padded with -1
+    n_holds: np.ndarray
+    dense_bits: np.ndarray
+    stored_bits: np.ndarray
+    read_scale: np.ndarray
+    backing_bytes: np.ndarray  # an operand's whole size in bytes (its backing level holds it all)
+    bytes_per_value: np.ndarray
+    width_bits: np.ndarray
+    read_pj: np.ndarray
+    write_pj: np.ndarray
+    capacity_bytes: np.ndarray
+    bandwidth_bytes_per_cycle: np.ndarray
+    read_keys: np.ndarray  # (n, 2) int64
+    write_keys: np.ndarray
+    noc_pj: float
+    word_bits: float
+    macs: float
+    compute_pj: float
+    eff_skip: float
+    leakage_mw: float
+    clock_hz: float
+    edp: bool
+
+
+def _access_key_orders(ctx: LayerContext, hw: HardwareContext) -> tuple[list, list]:
+    """The (level, operand index) keys of ``evaluate``'s reads and writes, in first-touch order."""
+    reads, writes = {}, {}
+    noc = hw.n_levels
+    for i, op in enumerate(OPERANDS):
+        levels = ctx.levels_holding(op)
+        for child, parent in zip(levels[:-1], levels[1:]):
+            if op is Operand.OUTPUTS:
+                touched = [(reads, child), (writes, child), (writes, parent), (reads, parent)]
+            else:
+                touched = [(writes, child), (reads, parent)]
+            if child < hw.n_per_pe <= parent:
+                touched.append((reads, noc))
+            for store, level in touched:
+                store.setdefault((level, i), None)
+        inner = levels[0]
+        if inner >= hw.n_per_pe:
+            reads.setdefault((noc, i), None)
+        if op is Operand.OUTPUTS:
+            writes.setdefault((inner, i), None)
+        reads.setdefault((inner, i), None)
+    return list(reads), list(writes)
+
+
+def objective_plan(ctx: LayerContext, hw: HardwareContext, objective: str) -> ObjectivePlan:
+    if objective not in ("energy", "edp"):
+        raise ValueError(f"objective must be 'energy' or 'edp', got {objective!r}")
+    spec = hw.spec
+    L = hw.n_levels
+    eff_all, eff_skip, read_scale = _sparsity_scales(ctx, spec)
+    holds = np.full((len(OPERANDS), L), -1, dtype=np.int64)
+    for i, op in enumerate(OPERANDS):
+        levels = ctx.levels_holding(op)
+        holds[i, : len(levels)] = levels
+    read_keys, write_keys = _access_key_orders(ctx, hw)
+    mac_bits = max(ctx.bits_of(Operand.WEIGHTS), ctx.bits_of(Operand.INPUTS))
+    macs = float(np.prod(ctx.bounds, dtype=np.float64))
+    d = ctx.dims
+    return ObjectivePlan(
+        n_levels=L,
+        n_per_pe=hw.n_per_pe,
+        rows=hw.rows,
+        cols=hw.cols,
+        geometry=np.array([d.stride_h, d.dilation_h, d.H, d.stride_w, d.dilation_w, d.W], dtype=np.float64),
+        orders=np.ascontiguousarray(ORDERS),
+        relevant=np.array([RELEVANT[op] for op in OPERANDS], dtype=np.uint8),
+        holds=holds,
+        n_holds=np.array([len(ctx.levels_holding(op)) for op in OPERANDS], dtype=np.int64),
+        dense_bits=np.array([float(ctx.bits_of(op)) for op in OPERANDS]),
+        stored_bits=np.array([float(spec.operand_sparsity(op).stored_bits_per_value(ctx.bits_of(op), ctx.density_of(op)))
+                              for op in OPERANDS]),
+        read_scale=np.array([float(read_scale[op]) for op in OPERANDS]),
+        backing_bytes=np.array([_full_size(op, ctx) * (ctx.bits_of(op) / 8) for op in OPERANDS]),
+        bytes_per_value=np.array([ctx.bits_of(op) / 8 for op in OPERANDS]),
+        width_bits=np.ascontiguousarray(hw.width_bits, dtype=np.float64),
+        read_pj=np.ascontiguousarray(hw.read_pj, dtype=np.float64),
+        write_pj=np.ascontiguousarray(hw.write_pj, dtype=np.float64),
+        capacity_bytes=np.ascontiguousarray(hw.capacity_bytes, dtype=np.float64),
+        bandwidth_bytes_per_cycle=np.ascontiguousarray(hw.bandwidth_bytes_per_cycle, dtype=np.float64),
+        read_keys=np.array(read_keys, dtype=np.int64).reshape(-1, 2),
+        write_keys=np.array(write_keys, dtype=np.int64).reshape(-1, 2),
+        noc_pj=float(spec.pe_array.noc_pj),
+        word_bits=float(spec.word_bits),
+        macs=macs,
+        compute_pj=macs * eff_all * spec.mac_energy_pj(mac_bits),
+        eff_skip=float(eff_skip),
+        leakage_mw=float(spec.leakage_mw),
+        clock_hz=float(spec.clock_hz),
+        edp=objective == "edp",
+    )
