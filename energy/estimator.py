@@ -78,7 +78,7 @@ def _dataflows(spec: HardwareSpec, dataflow: Dataflow | str | None) -> tuple[Dat
 
 
 def _mac_layer(layer: Layer, spec: HardwareSpec, dataflows: tuple[Dataflow, ...], objective: str) -> LayerEnergy:
-    best: tuple[float, HardwareContext, BatchCost, int, Mapping] | None = None
+    best: tuple[float, HardwareContext, BatchCost, Mapping] | None = None
     for df in dataflows:
         hw = hardware_context(spec, df)
         ctx = layer_context(layer, hw)
@@ -90,14 +90,14 @@ def _mac_layer(layer: Layer, spec: HardwareSpec, dataflows: tuple[Dataflow, ...]
         if len(pool) == 0:
             continue
         index, cost = best_in(pool, ctx, hw, objective)
-        value = cost.energy_pj[index] * (cost.cycles[index] if objective == "edp" else 1.0)
+        value = cost.energy_pj[0] * (cost.cycles[0] if objective == "edp" else 1.0)
         if best is None or value < best[0]:
             mapping = Mapping.from_batch(pool, index, df, tuple(lv.name for lv in spec.levels))
-            best = (value, hw, cost, index, mapping)
+            best = (value, hw, cost, mapping)
     if best is None:
         raise ModelError(_no_fit_message(layer, spec), node=layer.name)
-    _, hw, cost, index, mapping = best
-    return _layer_energy(layer, hw, cost, index, mapping)
+    _, hw, cost, mapping = best
+    return _layer_energy(layer, hw, cost, 0, mapping)
 
 
 def _layer_energy(layer: Layer, hw: HardwareContext, cost: BatchCost, i: int, mapping: Mapping) -> LayerEnergy:

@@ -343,8 +343,12 @@ def _search_pool_cached(ctx: LayerContext, hw: HardwareContext, objective: str) 
 
 
 def best_in(pool: MappingBatch, ctx: LayerContext, hw: HardwareContext, objective: str) -> tuple[int, BatchCost]:
-    """Cost the pool for the layer as it is (its real densities) and return (index, BatchCost)."""
-    cost = evaluate(pool, ctx, hw)
-    values = objective_values(cost, objective)
-    return int(np.argmin(values)), cost
-
+    """Cost the pool for the layer as it is (its real densities): (index of the best mapping,
+    the full BatchCost of that one mapping)."""
+    if _compiled_objective is not None:
+        values = _compiled_objective(pool.temporal, pool.spatial_rows, pool.spatial_cols, pool.order,
+                                     _plan(ctx, hw, objective))
+    else:
+        values = numpy_objective(pool, ctx, hw, objective)
+    index = int(np.argmin(values))
+    return index, evaluate(pool.take([index]), ctx, hw)
