@@ -482,10 +482,13 @@ static int jc_spmm(const jc_sparse *A, const jc_src *src, int64_t M, int64_t K, 
  * columns (4 vectors) that every register block of rows runs over. A register block is up to
  * JC_SK_MR = 6 rows x 4 vectors = 24 accumulators (of the 32 zmm). The next panel block is
  * prefetched line by line, spread evenly over the current block's (strip, row block) calls, so
- * the DRAM stream overlaps the FMAs. W is packed once (jc_sk_pack_w) so each block's
- * broadcasts come from contiguous memory. Column tails: a 16..48-column remainder runs in place
- * on 1..3 vectors; the last < 16 columns are copied, a K block at a time, to a zero-padded
- * 16-wide buffer (and their Y goes through one). Tuned on an AVX-512 AMD EPYC core (1 MB L2): KC 64 / 256 and NC
+ * the DRAM stream overlaps the FMAs; the prefetch counts the lines a row really spans (with
+ * NumPy's 16-byte offset a 2 KB row spans 33, and the 33rd, left to a demand miss, cost ~8% on
+ * the 3x3 shape). W is packed once (jc_sk_pack_w) so each block's broadcasts come from
+ * contiguous memory. Column edges: the in-place columns start on a cache line where X allows it
+ * (jc_sk_head), a 16..48-column remainder runs in place on 1..3 vectors, and the < 16 columns
+ * left at either edge are copied, a K block at a time, to a zero-padded 16-wide buffer (and
+ * their Y goes through one). Tuned on an AVX-512 AMD EPYC core (1 MB L2): KC 64 / 256 and NC
  * 256 / 1024 were slower, and so were the t0, t2 and nta prefetch hints.
  * ------------------------------------------------------------------------------------------ */
 #define JC_SK_MR 6
@@ -527,6 +530,18 @@ typedef struct {
     int64_t per_row, first, lines, every, burst;
 } jc_sk_pf;
 
+/* The cache line holding p. */
+static inline const char *jc_sk_line(const char *p) { return (const char *)((uintptr_t)p & ~(uintptr_t)63); }
+
+/* Cache lines to prefetch per row so that rows of `bytes` bytes from row0 (stride row_bytes)
+ * are covered from the line of each row's start: NumPy's large arrays start 16 bytes into a
+ * line, so a 2 KB row spans 33 lines, and a missed last line costs a DRAM round trip. */
+static inline int64_t jc_sk_lines(const char *row0, ptrdiff_t row_bytes, int64_t bytes)
+{
+    if (row_bytes % 64 == 0) return ((int64_t)((uintptr_t)row0 % 64) + bytes + 63) / 64;
+    return (bytes + 63) / 64 + 1;
+}
+
 /* With up to 4 rows GCC folds the X loads into the FMAs as memory operands, loading each X
  * vector once per row: on this AMD core that made the loads, not the FMAs, the bottleneck
  * (~47 of ~100 GFLOP/s at 4 rows). An empty asm that needs the value in a register stops it. */
@@ -551,20 +566,18 @@ jc_sk_micro(const float *restrict wp, const float *restrict x, ptrdiff_t ldx, in
         for (int v = 0; v < NV; v++)
             acc[r][v] = first ? (jc_v16){0} : *(const jc_v16u *)(y + r * ldy + v * JC_VW);
     int64_t left = pf->lines, countdown = 0, col = 0;
-    const char *line = NULL;
+    const char *row = NULL;
     if (left > 0) {
         col = pf->first % pf->per_row;
-        line = pf->base + (pf->first / pf->per_row) * pf->row_bytes + col * 64;
+        row = pf->base + (pf->first / pf->per_row) * pf->row_bytes;
     }
     for (int64_t k = 0; k < kc; k++) {
         if (left > 0 && --countdown <= 0) {
             for (int64_t i = 0; i < pf->burst && left > 0; i++, left--) {
-                __builtin_prefetch(line, 0, JC_SK_PF_HINT);
+                __builtin_prefetch(jc_sk_line(row) + col * 64, 0, JC_SK_PF_HINT);
                 if (++col == pf->per_row) {
                     col = 0;
-                    line += pf->row_bytes - (pf->per_row - 1) * 64;
-                } else {
-                    line += 64;
+                    row += pf->row_bytes;
                 }
             }
             countdown = pf->every;
@@ -622,12 +635,12 @@ static void jc_sk_panel(const float *Wp, int64_t M, int64_t K, int64_t b0, int64
         if (k0 + kc < K) {
             const int64_t rows = K - k0 - kc < JC_SK_KC ? K - k0 - kc : JC_SK_KC;
             pf.base = (const char *)(x + (k0 + kc) * ldx);
-            pf.per_row = (w * 4 + 63) / 64;
+            pf.per_row = jc_sk_lines(pf.base, pf.row_bytes, w * 4);
             total = rows * pf.per_row;
         } else if (next_x != NULL) {
             const int64_t rows = K < JC_SK_KC ? K : JC_SK_KC;
             pf.base = (const char *)next_x;
-            pf.per_row = (next_w * 4 + 63) / 64;
+            pf.per_row = jc_sk_lines(pf.base, pf.row_bytes, next_w * 4);
             total = rows * pf.per_row;
         }
         const int64_t per_call = (total + calls - 1) / calls;
@@ -663,12 +676,12 @@ static void jc_sk_range(const float *Wp, int64_t M, int64_t K, int64_t b0, int64
     }
 }
 
-/* The last n - n16 < 16 columns, rows of blocks [b0, b1): one K block at a time copied into a
- * zero-padded 16-wide buffer on the stack, multiplied into a 16-wide Y buffer, then the real
+/* Columns [c, c + t) of X, t <= 16, rows of blocks [b0, b1): one K block at a time copied into
+ * a zero-padded 16-wide buffer on the stack, multiplied into a 16-wide Y buffer, then the real
  * columns stored. -1: no memory for the Y buffer. */
-static int jc_sk_tail(const float *Wp, int64_t M, int64_t K, int64_t b0, int64_t b1,
-                      const float *X, ptrdiff_t ldx, int64_t n16, int64_t tail, float *Y,
-                      ptrdiff_t ldy)
+static int jc_sk_narrow(const float *Wp, int64_t M, int64_t K, int64_t b0, int64_t b1,
+                        const float *X, ptrdiff_t ldx, int64_t c, int64_t t, float *Y,
+                        ptrdiff_t ldy)
 {
     float xt[JC_SK_KC * JC_VW] __attribute__((aligned(64)));
     float *yt = aligned_alloc(64, (size_t)M * JC_VW * sizeof(float));
@@ -678,7 +691,7 @@ static int jc_sk_tail(const float *Wp, int64_t M, int64_t K, int64_t b0, int64_t
         const int64_t kc = K - k0 < JC_SK_KC ? K - k0 : JC_SK_KC;
         for (int64_t k = 0; k < kc; k++)
             for (int64_t j = 0; j < JC_VW; j++)
-                xt[k * JC_VW + j] = j < tail ? X[(k0 + k) * ldx + n16 + j] : 0.0f;
+                xt[k * JC_VW + j] = j < t ? X[(k0 + k) * ldx + c + j] : 0.0f;
         for (int64_t b = b0; b < b1; b++) {
             const int64_t r0 = jc_sk_row(M, b), mr = jc_sk_row(M, b + 1) - r0;
             jc_sk_block(Wp + r0 * K + k0 * mr, xt, JC_VW, kc, yt + r0 * JC_VW, JC_VW, k0 == 0,
@@ -686,21 +699,38 @@ static int jc_sk_tail(const float *Wp, int64_t M, int64_t K, int64_t b0, int64_t
         }
     }
     for (int64_t r = jc_sk_row(M, b0); r < jc_sk_row(M, b1); r++)
-        memcpy(Y + r * ldy + n16, yt + r * JC_VW, (size_t)tail * sizeof(float));
+        memcpy(Y + r * ldy + c, yt + r * JC_VW, (size_t)t * sizeof(float));
     free(yt);
     return 0;
 }
 
+/* Columns of X skipped at the left (then run by jc_sk_narrow) so that the in-place vector loads
+ * start on a cache line. NumPy's large arrays start 16 bytes into a line: every 64-byte load of
+ * X then spans two lines, which on the 3x3 shape (X streamed from DRAM) cost ~2% against
+ * aligned loads. Only where all rows share the offset (ldx a multiple of 16 floats) and N is
+ * wide enough that the <= 15 extra narrow columns are a small share. */
+#ifndef JC_SK_ALIGN_MIN_N
+#define JC_SK_ALIGN_MIN_N 256
+#endif
+static inline int64_t jc_sk_head(const float *X, ptrdiff_t ldx, int64_t N)
+{
+    const uintptr_t off = (uintptr_t)X % 64;
+    if (off == 0 || off % sizeof(float) != 0 || ldx % JC_VW != 0 || N < JC_SK_ALIGN_MIN_N) return 0;
+    return (int64_t)((64 - off) / sizeof(float));
+}
+
 /* Y[M, N] (row stride ldy) = W @ X, W packed by jc_sk_pack_w, X[K, N] with row stride ldx and
- * contiguous rows; K >= 1. Columns [0, n16) (N rounded down to 16) are read in place; the last
- * < 16 go through jc_sk_tail. Each thread takes one contiguous share: of the columns (each
- * then reads all of W and its part of X) or, when W has more rows than X has columns, of the
- * row blocks (each reads its part of W and all of X). Returns 0, or -1 if out of memory. */
+ * contiguous rows; K >= 1. Columns [head, head + n16) are read in place (head from jc_sk_head,
+ * n16 a multiple of 16); the head and the last < 16 columns go through jc_sk_narrow. Each
+ * thread takes one contiguous share: of the columns (each then reads all of W and its part of
+ * X) or, when W has more rows than X has columns, of the row blocks (each reads its part of W
+ * and all of X). Returns 0, or -1 if out of memory. */
 static int jc_skinny(const float *Wp, int64_t M, int64_t K, const float *X, ptrdiff_t ldx,
                      int64_t N, float *Y, ptrdiff_t ldy, int threads)
 {
     if (M == 0 || N == 0) return 0;
-    const int64_t n16 = N / JC_VW * JC_VW, tail = N - n16, units = n16 / JC_VW;
+    const int64_t head = jc_sk_head(X, ldx, N);
+    const int64_t n16 = (N - head) / JC_VW * JC_VW, tail = N - head - n16, units = n16 / JC_VW;
     const int64_t nb = jc_sk_blocks(M);
     if (threads < 1) threads = 1;
     const int split_rows = M > N;
@@ -718,9 +748,13 @@ static int jc_skinny(const float *Wp, int64_t M, int64_t K, const float *X, ptrd
             c0 = units * t / threads * JC_VW;
             c1 = units * (t + 1) / threads * JC_VW;
         }
-        jc_sk_range(Wp, M, K, b0, b1, X, ldx, c0, c1, Y, ldy);
-        if (tail > 0 && (split_rows || t == threads - 1) &&
-            jc_sk_tail(Wp, M, K, b0, b1, X, ldx, n16, tail, Y, ldy) != 0) {
+        jc_sk_range(Wp, M, K, b0, b1, X + head, ldx, c0, c1, Y + head, ldy);
+        int rc = 0;
+        if (head > 0 && (split_rows || t == 0))
+            rc |= jc_sk_narrow(Wp, M, K, b0, b1, X, ldx, 0, head, Y, ldy);
+        if (tail > 0 && (split_rows || t == threads - 1))
+            rc |= jc_sk_narrow(Wp, M, K, b0, b1, X, ldx, head + n16, tail, Y, ldy);
+        if (rc != 0) {
             #pragma omp atomic write
             failed = 1;
         }

@@ -36,7 +36,7 @@ cdef extern from "sparse_core.h" nogil:
     int jc_spmm(const jc_sparse *A, const jc_src *src, int64_t M, int64_t K, int64_t kpad,
                 int64_t N, void *Y, Py_ssize_t ldy, int threads)
     int JC_PW
-    int JC_SK_MR, JC_SK_W, JC_SK_KC
+    int JC_SK_MR, JC_SK_W, JC_SK_KC, JC_SK_ALIGN_MIN_N
     void jc_sk_pack_w(const float *W, Py_ssize_t ldw, int64_t M, int64_t K, float *Wp)
     int jc_skinny(const float *Wp, int64_t M, int64_t K, const float *X, Py_ssize_t ldx,
                   int64_t N, float *Y, Py_ssize_t ldy, int threads)
@@ -224,6 +224,7 @@ def spmm_im2col(W, x, kernel_size, stride, pad, dilation, out=None, threads=1):
 
 SKINNY_STRIP = JC_SK_W       # columns of X per strip
 SKINNY_ROW_BLOCK = JC_SK_MR  # most rows per register block
+SKINNY_ALIGN_MIN_COLS = JC_SK_ALIGN_MIN_N  # from this width the in-place columns start on a cache line
 
 
 class SkinnyWeight:

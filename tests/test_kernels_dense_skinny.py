@@ -7,7 +7,8 @@ import pytest
 from kernels import compact_channels, conv2d_dense, dense_gemm
 from kernels.conv import SKINNY_MAX_ROWS, use_skinny
 from kernels.reference import conv2d_reference
-from kernels.sparse_gemm import SKINNY_ROW_BLOCK, SKINNY_STRIP, SkinnyWeight, skinny_gemm
+from kernels.sparse_gemm import (SKINNY_ALIGN_MIN_COLS, SKINNY_ROW_BLOCK, SKINNY_STRIP, SkinnyWeight,
+                                 skinny_gemm)
 
 RNG = np.random.default_rng(7)
 
@@ -33,6 +34,53 @@ def test_matches_numpy(m, k, n):
     w, x = rand(m, k), rand(k, n)
     for threads in (1, 2):
         assert_close(skinny_gemm(SkinnyWeight(w), x, threads=threads), w.astype(np.float64) @ x)
+
+
+def offset_copy(x, off, ld=None):
+    """x copied into rows of stride ld (default: x's width) starting off floats past a 64-byte
+    line, as NumPy's large arrays start 16 bytes (4 floats) in."""
+    k, n = x.shape
+    ld = n if ld is None else ld
+    buf = np.empty(k * ld + 32, np.float32)
+    start = (-buf.ctypes.data % 64) // 4 + off
+    out = buf[start:start + k * ld].reshape(k, ld)[:, :n]
+    out[:] = x
+    assert out.ctypes.data % 64 == 4 * off
+    return out
+
+
+# From SKINNY_ALIGN_MIN_COLS columns the in-place part starts on a line, the columns before it
+# run through the narrow path: every offset, with and without a tail after the aligned part,
+# odd row counts (blocks of unequal height), threads splitting columns and (M > N) row blocks.
+@pytest.mark.parametrize("off", range(16))
+@pytest.mark.parametrize("m,k,n", [
+    (51, 130, SKINNY_ALIGN_MIN_COLS), (26, 129, SKINNY_ALIGN_MIN_COLS + 21), (7, 64, 3 * 512 + 9),
+    (SKINNY_ALIGN_MIN_COLS + 7, 33, SKINNY_ALIGN_MIN_COLS + 3), (5, 20, SKINNY_ALIGN_MIN_COLS - 1),
+])
+def test_row_starts_anywhere_in_a_line(off, m, k, n):
+    w, x = rand(m, k), offset_copy(rand(k, n), off)
+    want = w.astype(np.float64) @ x
+    for threads in (1, 2):
+        assert_close(skinny_gemm(SkinnyWeight(w), x, threads=threads), want)
+
+
+@pytest.mark.parametrize("ld", [SKINNY_ALIGN_MIN_COLS + 16, SKINNY_ALIGN_MIN_COLS + 5])
+def test_strided_rows_at_any_offset(ld):
+    # ld a multiple of 16: every row at the same offset (head path); else rows at varying offsets
+    w = rand(13, 70)
+    for off in (0, 3, 4, 15):
+        x = offset_copy(rand(70, SKINNY_ALIGN_MIN_COLS + 2), off, ld)
+        assert x.strides[0] == 4 * ld
+        for threads in (1, 2):
+            assert_close(skinny_gemm(SkinnyWeight(w), x, threads=threads), w.astype(np.float64) @ x)
+
+
+def test_out_view_with_an_aligned_head():
+    w, x = rand(9, 40), offset_copy(rand(40, 300), 4)
+    out = np.full((9, 320), np.nan, np.float32)
+    skinny_gemm(SkinnyWeight(w), x, out=out[:, 7:307], threads=2)
+    assert_close(out[:, 7:307], w.astype(np.float64) @ x)
+    assert np.isnan(out[:, :7]).all() and np.isnan(out[:, 307:]).all()
 
 
 @pytest.mark.parametrize("m,n", [(40, 30), (3, 200)])  # rows shared out / columns shared out
