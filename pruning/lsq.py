@@ -13,7 +13,8 @@ ridge is 1e-2 of the mean diagonal instead (few calibration samples for a wide L
 
 A conv's im2col has far more rows than the fit needs (1024 digits give 65,536 rows for 145
 unknowns), and the float64 Gram matrix costs rows x features^2: rows beyond
-``ROWS_PER_UNKNOWN`` per unknown (and at least ``MIN_ROWS``) are a fixed random subset.
+``ROWS_PER_UNKNOWN`` per unknown (and at least ``MIN_ROWS``) are a fixed random subset, and
+only those rows' windows are gathered from the input (the rest is never unfolded).
 Output channels that keep the same support (all of them after channel pruning) share one solve
 with many right-hand sides; channels with supports of equal size are solved as one batch.
 """
@@ -29,16 +30,38 @@ MIN_ROWS = 4096
 _BATCH_BYTES = 1 << 28  # at most 256 MB of stacked per-channel systems per batched solve
 
 
-def patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def patches(layer: nn.Module, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """The input matrix X of ``layer`` for input ``x``: [rows, features], features ordered like
     ``layer.weight.reshape(out, -1)`` (one group's columns for a grouped conv: see
-    :func:`restore_layer`). Conv2d: im2col rows (sample x output position); Linear: ``x``."""
+    :func:`restore_layer`). Conv2d: im2col rows (sample x output position); Linear: ``x``.
+    ``rows``: only these rows of X (gathered straight from ``x``, without unfolding the rest)."""
     if isinstance(layer, nn.Conv2d):
+        if rows is not None:
+            return _conv_rows(layer, x, rows)
         cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # [N*L, C*R*S]
     if isinstance(layer, nn.Linear):
-        return x.reshape(-1, x.shape[-1])
+        flat = x.reshape(-1, x.shape[-1])
+        return flat if rows is None else flat[rows]
     raise TypeError(f"least-squares restoration needs a Conv2d or Linear layer, got {type(layer).__name__}")
+
+
+def _conv_rows(layer: nn.Conv2d, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` of the im2col matrix of ``x``: row n * P * Q + p * Q + q is the window of
+    sample n under output pixel (p, q), features in (channel, kernel row, kernel col) order."""
+    if isinstance(layer.padding, str):
+        raise TypeError("least-squares restoration needs numeric Conv2d padding")
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = layer.kernel_size, layer.stride, layer.dilation, layer.padding
+    padded = F.pad(x, (pw, pw, ph, ph))
+    out_h = (padded.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    out_w = (padded.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    n, pos = rows // (out_h * out_w), rows % (out_h * out_w)
+    top = (pos // out_w) * sh
+    left = (pos % out_w) * sw
+    ii = top[:, None, None] + dh * torch.arange(kh)[None, :, None]  # (rows, kh, 1)
+    jj = left[:, None, None] + dw * torch.arange(kw)[None, None, :]  # (rows, 1, kw)
+    windows = padded.permute(0, 2, 3, 1)[n[:, None, None], ii, jj]  # (rows, kh, kw, C)
+    return windows.permute(0, 3, 1, 2).reshape(len(rows), -1)
 
 
 def _targets(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
@@ -46,6 +69,18 @@ def _targets(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, nn.Conv2d):
         return y.reshape(y.shape[0], y.shape[1], -1).transpose(1, 2).reshape(-1, y.shape[1])
     return y.reshape(-1, y.shape[-1])
+
+
+def _n_rows(layer: nn.Module, x: torch.Tensor) -> int:
+    """Rows of ``patches(layer, x)``, without building it."""
+    if isinstance(layer, nn.Conv2d) and not isinstance(layer.padding, str):
+        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = layer.kernel_size, layer.stride, layer.dilation, layer.padding
+        out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        return x.shape[0] * out_h * out_w
+    if isinstance(layer, nn.Linear):
+        return x.numel() // x.shape[-1]
+    return patches(layer, x).shape[0]  # raises the error for other layers
 
 
 def _row_subset(n_rows: int, n_unknowns: int) -> torch.Tensor | None:
@@ -106,16 +141,15 @@ def restore_layer(
     groups = getattr(layer, "groups", 1)
     has_bias = layer.bias is not None
     with torch.no_grad():
-        X = patches(layer, inputs.detach())
         Y = _targets(layer, target.detach())
-        if X.shape[0] != Y.shape[0]:
-            raise ValueError(f"inputs give {X.shape[0]} rows but target {Y.shape[0]}: they must come from the same samples")
-        per_group_in = X.shape[1] // groups
+        n_rows = _n_rows(layer, inputs)
+        if n_rows != Y.shape[0]:
+            raise ValueError(f"inputs give {n_rows} rows but target {Y.shape[0]}: they must come from the same samples")
+        per_group_in = weight[0].numel()
         per_group_out = out_channels // groups
-        rows = _row_subset(X.shape[0], per_group_in + int(has_bias))
-        if rows is not None:
-            X, Y = X[rows], Y[rows]
-        X, Y = X.double(), Y.double()
+        rows = _row_subset(n_rows, per_group_in + int(has_bias))
+        X = patches(layer, inputs.detach(), rows).double()
+        Y = (Y if rows is None else Y[rows]).double()
         w2d = weight.detach().reshape(out_channels, -1).double().clone()
         bias = layer.bias.detach().double().clone() if has_bias else None
         bias_column = torch.tensor([per_group_in])

@@ -151,3 +151,38 @@ def test_many_rows_fit_on_the_seeded_subset():
     restore_layer(layer, x, original(x).detach())
     np.testing.assert_allclose(layer.weight.detach().numpy(), original.weight.detach().numpy(), atol=1e-5)
     assert lsq._row_subset(lsq.MIN_ROWS, 6) is None
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0)),
+    dict(kernel_size=3, dilation=2, padding=2, groups=2),
+    dict(kernel_size=1, stride=2),
+])
+def test_patches_of_chosen_rows_equal_those_rows_of_the_unfolded_matrix(kwargs):
+    torch.manual_seed(7)
+    conv = nn.Conv2d(4, 6, **kwargs)
+    x = torch.randn(3, 4, 9, 7)
+    full = patches(conv, x)
+    rows = torch.tensor([0, 5, len(full) - 1, 17, 17, len(full) // 2])
+    np.testing.assert_array_equal(patches(conv, x, rows).numpy(), full[rows].numpy())
+    linear = nn.Linear(7, 2)
+    picked = torch.tensor([3, 0, 107])
+    np.testing.assert_array_equal(patches(linear, x, picked).numpy(), x.reshape(-1, 7)[picked].numpy())
+
+
+def test_restoration_of_a_conv_with_subsampled_rows_is_lstsq_on_those_rows():
+    """More rows than the cap: the fit equals lstsq on the documented subset of im2col rows."""
+    from pruning import lsq
+
+    torch.manual_seed(8)
+    conv = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+    x = torch.randn(80, 2, 8, 8)  # 5120 rows > MIN_ROWS for 18 unknowns
+    y = torch.randn(80, 3, 8, 8)
+    full = patches(conv, x)
+    rows = lsq._row_subset(len(full), 18)
+    assert rows is not None
+    restore_layer(conv, x, y)
+    Y = y.permute(0, 2, 3, 1).reshape(-1, 3)
+    W, _ = _reference_rows(full[rows].double().numpy(), Y[rows].double().numpy(), np.ones((3, 18), bool), bias=False)
+    np.testing.assert_allclose(conv.weight.detach().reshape(3, -1).numpy(), W, atol=1e-5)
