@@ -223,7 +223,8 @@ class OnnxModule(nn.Module):
     def constant(self, tensor: str) -> torch.Tensor:
         return getattr(self, self._const_key[tensor])
 
-    def forward(self, *inputs: torch.Tensor, _record: dict[str, torch.Tensor] | None = None):
+    def forward(self, *inputs: torch.Tensor, _record: dict[str, torch.Tensor] | None = None,
+                _until: frozenset[str] | None = None):
         if len(inputs) != len(self.input_names):
             raise ValueError(f"model takes {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
         env: dict[str, torch.Tensor] = dict(zip(self.input_names, inputs))
@@ -240,15 +241,19 @@ class OnnxModule(nn.Module):
             for t, v in zip(step.outputs, outs):
                 if t:
                     env[t] = v
+            if _until is not None and _until.issubset(env):
+                _record.update(env)
+                return None
         if _record is not None:
             _record.update(env)
         result = tuple(env[t] for t in self.output_names)
         return result[0] if len(result) == 1 else result
 
-    def tensors(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every intermediate tensor of one forward pass, by ONNX tensor name."""
+    def tensors(self, *inputs: torch.Tensor, until: set[str] | None = None) -> dict[str, torch.Tensor]:
+        """Every intermediate tensor of one forward pass, by ONNX tensor name; with ``until``,
+        the pass stops as soon as those tensors are computed (the rest is not run)."""
         record: dict[str, torch.Tensor] = {}
-        self.forward(*inputs, _record=record)
+        self.forward(*inputs, _record=record, _until=None if until is None else frozenset(until))
         return record
 
 

@@ -58,8 +58,8 @@ class Units:
         if not nodes:
             return
         state.module.eval()
-        with torch.no_grad():
-            tensors = state.module.tensors(self.calib)
+        with torch.no_grad():  # the pass stops at the last input the refits need
+            tensors = state.module.tensors(self.calib, until={self._io[n][0] for n in nodes})
         for node in nodes:
             layer = state.module.layer(node)
             target = self._targets[node]

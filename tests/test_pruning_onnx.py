@@ -122,6 +122,18 @@ def test_modules_are_named_after_nodes():
     assert torch.equal(first.weight, net.a.weight)
 
 
+def test_tensors_until_stops_after_the_wanted_tensors():
+    net = MLP()
+    x = torch.randn(4, 20)
+    module = onnx_to_torch(_export(net, x)).eval()
+    with torch.no_grad():
+        everything = module.tensors(x)
+        first_out = module.steps[0].outputs[0]
+        partial = module.tensors(x, until={first_out})
+    assert torch.equal(partial[first_out], everything[first_out])
+    assert module.output_names[0] not in partial and module.output_names[0] in everything
+
+
 def test_generic_module_export_and_verify(tmp_path):
     torch.manual_seed(0)
     net = MLP()
