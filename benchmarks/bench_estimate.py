@@ -1,5 +1,7 @@
 """Estimator speed: ResNet-18 and ResNet-50 (generated with numpy + onnx.helper, random weights)
-estimated with the full mapping search on one core, cold caches, every built-in spec.
+estimated with the full mapping search on one core, cold caches, every built-in spec; each run
+costs the search's mappings with the compiled objective (energy/_objective.pyx) and, in turn in
+the same process, with NumPy's ``evaluate`` alone, and checks that both give the same energy.
 
     python benchmarks/bench_estimate.py [--runs 3]
 
@@ -34,12 +36,20 @@ def resnet18(batch: int = 1) -> onnx.ModelProto:
     return resnet50_onnx.build(batch=batch, blocks=(2, 2, 2, 2), bottleneck=False)
 
 
-def cold_estimate_s(graph, spec) -> tuple[float, float]:
+COMPILED = (mapper._compiled_objective, mapper._compiled_factors)
+
+
+def cold_estimate_s(graph, spec, compiled: bool = True) -> tuple[float, float]:
     mapper._search_pool_cached.cache_clear()
+    mapper._plan.cache_clear()
     dataflow.hardware_context.cache_clear()
-    t = time.perf_counter()
-    report = estimate(graph, spec)
-    return time.perf_counter() - t, report.total_energy_pj
+    mapper._compiled_objective, mapper._compiled_factors = COMPILED if compiled else (None, None)
+    try:
+        t = time.perf_counter()
+        report = estimate(graph, spec)
+        return time.perf_counter() - t, report.total_energy_pj
+    finally:
+        mapper._compiled_objective, mapper._compiled_factors = COMPILED
 
 
 def main() -> None:
@@ -59,17 +69,21 @@ def main() -> None:
             convs = sum(1 for l in graph.mac_layers() if l.onnx_op == "Conv")
             for spec_name in builtin_names():
                 spec = load_spec(spec_name)
-                times, energy = [], 0.0
+                times, numpy_times, energy = [], [], 0.0
                 try:
                     for _ in range(args.runs):
                         s, energy = cold_estimate_s(graph, spec)
+                        s_numpy, energy_numpy = cold_estimate_s(graph, spec, compiled=False)
+                        if energy_numpy != energy:
+                            raise SystemExit(f"{name} on {spec_name}: NumPy search gives {energy_numpy} pJ, compiled {energy}")
                         times.append(s)
+                        numpy_times.append(s_numpy)
                 except ModelError as e:  # a verdict, not a failure: e.g. 224x224 activations vs 512 kB SRAM
                     print(f"{name} on {spec_name}: {e}", flush=True)
-                    rows.append((name, convs, graph.total_macs, spec_name, len(spec.dataflows), import_s, None, None, str(e)))
+                    rows.append((name, convs, graph.total_macs, spec_name, len(spec.dataflows), import_s, None, None, None, str(e)))
                     continue
                 rows.append((name, convs, graph.total_macs, spec_name, len(spec.dataflows), import_s,
-                             statistics.median(times), min(times), energy))
+                             statistics.median(times), min(times), statistics.median(numpy_times), energy))
                 print(rows[-1], flush=True)
     load = os.getloadavg()
     lines = [
@@ -77,16 +91,19 @@ def main() -> None:
         f"Python {platform.python_version()}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         f"Command: `python benchmarks/bench_estimate.py --runs {args.runs}` (cold mapping caches each run; "
-        "import = ONNX load + check + shape inference + IR, timed once).",
+        "import = ONNX load + check + shape inference + IR, timed once). \"NumPy search\": the same estimate "
+        "with the search's objective computed by NumPy's `evaluate` instead of energy/_objective.pyx, run in turn "
+        "with it in the same process; both give the same energy (checked every run).",
         "",
-        "| model | convs | MACs | spec | dataflows searched | import s | estimate s (median) | min s | energy |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | convs | MACs | spec | dataflows searched | import s | estimate s (median) | min s | NumPy search s (median) | speed-up | energy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for model, convs, macs, spec, n_df, imp, med, mn, energy in rows:
+    for model, convs, macs, spec, n_df, imp, med, mn, med_numpy, energy in rows:
         if med is None:
-            lines.append(f"| {model} | {convs} | {macs / 1e9:.2f} G | {spec} | {n_df} | {imp:.2f} | - | - | does not fit: {energy.split(': ', 2)[-1]} |")
+            lines.append(f"| {model} | {convs} | {macs / 1e9:.2f} G | {spec} | {n_df} | {imp:.2f} | - | - | - | - | does not fit: {energy.split(': ', 2)[-1]} |")
             continue
-        lines.append(f"| {model} | {convs} | {macs / 1e9:.2f} G | {spec} | {n_df} | {imp:.2f} | {med:.3f} | {mn:.3f} | {energy / 1e9:.3f} mJ |")
+        lines.append(f"| {model} | {convs} | {macs / 1e9:.2f} G | {spec} | {n_df} | {imp:.2f} | {med:.3f} | {mn:.3f} | "
+                     f"{med_numpy:.3f} | {med_numpy / med:.1f}x | {energy / 1e9:.3f} mJ |")
     r18 = [r for r in rows if r[0] == "resnet18"]
     worst18 = max(r[6] for r in r18 if r[6] is not None)
     lines += [
