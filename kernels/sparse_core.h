@@ -676,12 +676,13 @@ static void jc_sk_range(const float *Wp, int64_t M, int64_t K, int64_t b0, int64
     }
 }
 
-/* Columns [c, c + t) of X, t <= 16, rows of blocks [b0, b1): one K block at a time copied into
- * a zero-padded 16-wide buffer on the stack, multiplied into a 16-wide Y buffer, then the real
+/* Columns [c0, c0 + t0) and [c1, c1 + t1) of X, t0 + t1 <= 16 (the left and right edges
+ * share one pass where they fit), rows of blocks [b0, b1): one K block at a time copied into a
+ * zero-padded 16-wide buffer on the stack, multiplied into a 16-wide Y buffer, then the real
  * columns stored. -1: no memory for the Y buffer. */
 static int jc_sk_narrow(const float *Wp, int64_t M, int64_t K, int64_t b0, int64_t b1,
-                        const float *X, ptrdiff_t ldx, int64_t c, int64_t t, float *Y,
-                        ptrdiff_t ldy)
+                        const float *X, ptrdiff_t ldx, int64_t c0, int64_t t0, int64_t c1,
+                        int64_t t1, float *Y, ptrdiff_t ldy)
 {
     float xt[JC_SK_KC * JC_VW] __attribute__((aligned(64)));
     float *yt = aligned_alloc(64, (size_t)M * JC_VW * sizeof(float));
@@ -689,28 +690,33 @@ static int jc_sk_narrow(const float *Wp, int64_t M, int64_t K, int64_t b0, int64
     const jc_sk_pf none = {NULL, 0, 0, 0, 0, 1, 1};
     for (int64_t k0 = 0; k0 < K; k0 += JC_SK_KC) {
         const int64_t kc = K - k0 < JC_SK_KC ? K - k0 : JC_SK_KC;
-        for (int64_t k = 0; k < kc; k++)
+        for (int64_t k = 0; k < kc; k++) {
+            const float *row = X + (k0 + k) * ldx;
             for (int64_t j = 0; j < JC_VW; j++)
-                xt[k * JC_VW + j] = j < t ? X[(k0 + k) * ldx + c + j] : 0.0f;
+                xt[k * JC_VW + j] = j < t0 ? row[c0 + j] : j < t0 + t1 ? row[c1 + j - t0] : 0.0f;
+        }
         for (int64_t b = b0; b < b1; b++) {
             const int64_t r0 = jc_sk_row(M, b), mr = jc_sk_row(M, b + 1) - r0;
             jc_sk_block(Wp + r0 * K + k0 * mr, xt, JC_VW, kc, yt + r0 * JC_VW, JC_VW, k0 == 0,
                         &none, mr, 1);
         }
     }
-    for (int64_t r = jc_sk_row(M, b0); r < jc_sk_row(M, b1); r++)
-        memcpy(Y + r * ldy + c, yt + r * JC_VW, (size_t)t * sizeof(float));
+    for (int64_t r = jc_sk_row(M, b0); r < jc_sk_row(M, b1); r++) {
+        memcpy(Y + r * ldy + c0, yt + r * JC_VW, (size_t)t0 * sizeof(float));
+        memcpy(Y + r * ldy + c1, yt + r * JC_VW + t0, (size_t)t1 * sizeof(float));
+    }
     free(yt);
     return 0;
 }
 
 /* Columns of X skipped at the left (then run by jc_sk_narrow) so that the in-place vector loads
- * start on a cache line. NumPy's large arrays start 16 bytes into a line: every 64-byte load of
- * X then spans two lines, which on the 3x3 shape (X streamed from DRAM) cost ~2% against
- * aligned loads. Only where all rows share the offset (ldx a multiple of 16 floats) and N is
- * wide enough that the <= 15 extra narrow columns are a small share. */
+ * start on a cache line. NumPy's large arrays start 16 bytes into a line, so every 64-byte
+ * load of X spans two lines: aligned, the 51- and 26-row 3x3 GEMMs (N = 3136) ran ~2.5%
+ * faster. Only where all rows share the offset (ldx a multiple of 16 floats) and N is wide
+ * enough that the extra narrow pass (another pass over W, up to 16 columns at one vector)
+ * costs less: measured break-even between N = 1024 (1-2% slower) and 1568 (0-2% faster). */
 #ifndef JC_SK_ALIGN_MIN_N
-#define JC_SK_ALIGN_MIN_N 256
+#define JC_SK_ALIGN_MIN_N 1536
 #endif
 static inline int64_t jc_sk_head(const float *X, ptrdiff_t ldx, int64_t N)
 {
@@ -749,11 +755,17 @@ static int jc_skinny(const float *Wp, int64_t M, int64_t K, const float *X, ptrd
             c1 = units * (t + 1) / threads * JC_VW;
         }
         jc_sk_range(Wp, M, K, b0, b1, X + head, ldx, c0, c1, Y + head, ldy);
+        /* the edges: one narrow pass where they fit in 16 columns, else the head on the first
+         * thread and the tail on the last (every thread, each on its rows, when rows are split) */
         int rc = 0;
-        if (head > 0 && (split_rows || t == 0))
-            rc |= jc_sk_narrow(Wp, M, K, b0, b1, X, ldx, 0, head, Y, ldy);
-        if (tail > 0 && (split_rows || t == threads - 1))
-            rc |= jc_sk_narrow(Wp, M, K, b0, b1, X, ldx, head + n16, tail, Y, ldy);
+        const int first = split_rows || t == 0, last = split_rows || t == threads - 1;
+        if (head + tail <= JC_VW) {
+            if (head + tail > 0 && last)
+                rc = jc_sk_narrow(Wp, M, K, b0, b1, X, ldx, 0, head, head + n16, tail, Y, ldy);
+        } else {
+            if (first) rc |= jc_sk_narrow(Wp, M, K, b0, b1, X, ldx, 0, head, 0, 0, Y, ldy);
+            if (last) rc |= jc_sk_narrow(Wp, M, K, b0, b1, X, ldx, head + n16, tail, 0, 0, Y, ldy);
+        }
         if (rc != 0) {
             #pragma omp atomic write
             failed = 1;
