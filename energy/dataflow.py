@@ -520,6 +520,8 @@ def objective_plan(ctx: LayerContext, hw: HardwareContext, objective: str) -> Ob
     holds = np.full((len(OPERANDS), L), -1, dtype=np.int64)
     for i, op in enumerate(OPERANDS):
         levels = ctx.levels_holding(op)
+        if not levels or not all(0 <= level < L for level in levels):
+            raise ValueError(f"{op.value} must be held by levels in 0..{L - 1}, got {levels}")
         holds[i, : len(levels)] = levels
     read_keys, write_keys = _access_key_orders(ctx, hw)
     mac_bits = max(ctx.bits_of(Operand.WEIGHTS), ctx.bits_of(Operand.INPUTS))
