@@ -8,6 +8,9 @@ Small spaces are enumerated whole. Larger ones are sampled (seeded from the laye
 results are reproducible) and then improved by local search: move one prime factor to another
 slot or change one level's loop order, take the best move, repeat until none helps.
 
+Candidates are costed by ``energy._objective`` (the same doubles ``dataflow.evaluate`` gives,
+computed in C); ``evaluate`` itself costs only the chosen mapping, for the report.
+
 The search runs on the dense version of the layer and keeps a pool of the best mappings it
 saw; a layer with other densities is costed over that pool. Because tiles are sized for the
 dense worst case, the pool does not depend on density, so re-estimating a pruned layer is one
