@@ -135,6 +135,7 @@ def measure(shape, threads: int, sparsity: float, repeats: int, rng) -> dict:
         "kept_io": io.shape,
         "density_io": density_io,
         "dense_gflops": 2 * m * k * n / med["dense"] / 1e9,
+        "x_offset": x.ctypes.data % 64,  # NumPy's large arrays start 16 bytes into a line
     }
 
 
@@ -206,7 +207,8 @@ def render(rows: list[dict], conv_rows: list[dict], int8_rows: list[dict], comma
            "float32 data with torch.set_num_threads(threads), timed in the same rounds; "
            "speed-up = dense time / kernel time. Masks: csr unstructured, bsr random 4x1 / 4x4 "
            "blocks. channel = whole output rows removed, run by dense_gemm on the kept rows of a "
-           "CompactWeight (skinny_gemm: X read in place in 64-column strips, no packing pass; "
+           "CompactWeight (skinny_gemm: X read in place in 64-column strips, no packing pass, from "
+           "X's first cache-line boundary when N >= 1536; "
            "numpy.matmul where kernels.conv.use_skinny says BLAS is faster); eff = fraction of the "
            "FLOP ideal (dense time x kept / M). channel BLAS = the same kept rows on numpy.matmul "
            "(OpenBLAS; what dense_gemm ran before). channel in+out (informative, not the target): "
@@ -263,7 +265,8 @@ def render(rows: list[dict], conv_rows: list[dict], int8_rows: list[dict], comma
                 f"{r['shape'][3]}, FLOP-ideal time {ideal * 1e3:.1f} ms; skinny_gemm "
                 f"{med['channel'] * 1e3:.1f} ms ({r['channel_eff']:.2f} of ideal), numpy.matmul "
                 f"{med['channel_blas'] * 1e3:.1f} ms ({r['channel_blas_eff']:.2f}). X is "
-                f"{r['shape'][2] * r['shape'][3] * 4 / 1e6:.0f} MB; copying it into panels alone takes "
+                f"{r['shape'][2] * r['shape'][3] * 4 / 1e6:.0f} MB, starting {r['x_offset']} bytes "
+                "into a 64-byte line as NumPy allocated it; copying it into panels alone takes "
                 f"{med['pack'] * 1e3:.1f} ms ({med['pack'] / ideal:.0%} of the ideal time), a pass a BLAS "
                 "makes before its FLOPs and skinny_gemm does not: it streams X from DRAM under the FMAs, "
                 "so unlike the compute-bound dense baseline it also slows when other jobs load the "
