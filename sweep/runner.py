@@ -158,6 +158,21 @@ def _digests(config: SweepConfig, models) -> tuple[dict, dict]:
     return model_digests, device_digests
 
 
+def _longest_first(pending: list[CellJob]) -> list[CellJob]:
+    """The cells in the order parallel workers should start them: the smallest budgets (the
+    most pruning steps) first, dense cells (no pruning) last, so that no worker is left with a
+    long cell while the others idle at the end. Results still land in config order."""
+    from pruning.budget import parse_budget
+
+    def expected_work(job: CellJob) -> tuple[bool, float]:
+        if job.cell.is_dense:
+            return (True, 0.0)
+        fraction = parse_budget(job.cell.budget).fraction
+        return (False, 0.5 if fraction is None else fraction)
+
+    return sorted(pending, key=expected_work)  # stable: config order among equals
+
+
 def _check_backend(ray: str | None, jobs: int | None) -> None:
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
@@ -231,11 +246,11 @@ def run_sweep(
     workers = 1 if not pending else (jobs or min(os.cpu_count() or 1, len(pending)))
     prepare_s = time.perf_counter() - started
     if ray is not None:
-        backend, stream = "ray", _ray(pending, cell_fn, ray.strip(), workers)
+        backend, stream = "ray", _ray(_longest_first(pending), cell_fn, ray.strip(), workers)
     elif workers == 1:
         backend, stream = "serial", _serial(pending, cell_fn)
     else:
-        backend, stream = "pool", _pool(pending, cell_fn, workers)
+        backend, stream = "pool", _pool(_longest_first(pending), cell_fn, workers)
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = None

@@ -346,3 +346,20 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(setup: Path, capfd):
     run_sweep(setup / "sweep.yaml", setup / "bar", jobs=1, cell_fn=_fake_cell, report=False, progress=True)
     err = capfd.readouterr().err
     assert "sweep: 100%" in err and "6/6" in err
+
+
+def test_parallel_workers_start_the_smallest_budgets_first():
+    from sweep.cells import CellJob
+    from sweep.config import Cell
+    from sweep.runner import _longest_first
+
+    def job(budget: str, model: str = "m") -> CellJob:
+        dense = budget == "100%"
+        cell = Cell(model, "eyeriss", budget, "dense" if dense else "budget", "-" if dense else "channel", 0)
+        return CellJob(cell=cell, onnx_path="", train_path="", test_path="", spec="eyeriss", prune_options=(),
+                       validate=False, out_dir="", fingerprint="")
+
+    pending = [job("100%"), job("50%"), job("25%"), job("2mJ"), job("100%", "n"), job("10%", "n")]
+    order = [(j.cell.model, j.cell.budget) for j in _longest_first(pending)]
+    # an absolute budget counts as half the dense energy; equals keep config order
+    assert order == [("n", "10%"), ("m", "25%"), ("m", "50%"), ("m", "2mJ"), ("m", "100%"), ("n", "100%")]
