@@ -512,6 +512,8 @@ def _access_key_orders(ctx: LayerContext, hw: HardwareContext) -> tuple[list, li
 
 
 def objective_plan(ctx: LayerContext, hw: HardwareContext, objective: str) -> ObjectivePlan:
+    """The compiled objective's view of ``ctx`` on ``hw`` (every scalar ``evaluate`` derives
+    from them, computed by the same expressions)."""
     if objective not in ("energy", "edp"):
         raise ValueError(f"objective must be 'energy' or 'edp', got {objective!r}")
     spec = hw.spec
