@@ -87,3 +87,45 @@ def test_compiled_kernels_reject_inconsistent_arrays():
         mapper._compiled_factors(np.array([[9]], np.int64), np.array([0], np.int64), np.array([2], np.int64), 4)
     with pytest.raises(ValueError, match="objective"):
         objective_plan(ctx, hw, "latency")
+
+
+def _has_mac(spec, bits: int) -> bool:
+    try:
+        spec.mac_energy_pj(bits)
+    except ValueError:
+        return False
+    return True
+
+
+def test_compiled_objective_equals_numpy_on_random_layer_shapes():
+    """Shapes the example models lack: dilation, groups, batches, act x act MatMul, 8/4-bit
+    operands, odd sizes; each on a random built-in spec and dataflow."""
+    from energy.ir import Layer, LoopDims, OpKind
+
+    rng = np.random.default_rng(11)
+    finite = 0
+    for case in range(40):
+        kind = [OpKind.CONV, OpKind.GEMM, OpKind.MATMUL][case % 3]
+        r = int(rng.choice([1, 3, 5]))
+        dims = LoopDims(N=int(rng.integers(1, 5)), G=int(rng.choice([1, 1, 2, 4])), M=int(rng.integers(1, 40)),
+                        C=int(rng.integers(1, 40)), P=int(rng.integers(1, 15)), Q=int(rng.integers(1, 15)),
+                        R=r if kind is OpKind.CONV else 1, S=r if kind is OpKind.CONV else 1,
+                        stride_h=int(rng.integers(1, 3)), stride_w=int(rng.integers(1, 3)),
+                        dilation_h=int(rng.integers(1, 3)), dilation_w=int(rng.integers(1, 3)))
+        spec = load_spec(SPECS[case % len(SPECS)])
+        bits = [b for b in (4, 8, 16) if _has_mac(spec, b)]
+        layer = Layer(name=f"l{case}", op=kind, onnx_op=kind.name.title(), dims=dims,
+                      weight_density=float(rng.choice([1.0, 0.4, 0.05])), input_density=float(rng.choice([1.0, 0.6])),
+                      weight_bits=int(rng.choice(bits)), input_bits=int(rng.choice(bits)))
+        hw = hardware_context(spec, spec.dataflows[case % len(spec.dataflows)])
+        ctx = layer_context(layer, hw)
+        space = mapper._space(ctx, hw)
+        batch = mapper._to_batch(*mapper._sample(space, hw, rng, 120), space)
+        for objective in ("energy", "edp"):
+            expected = mapper.numpy_objective(batch, ctx, hw, objective)
+            np.testing.assert_array_equal(
+                mapper._compiled_objective(batch.temporal, batch.spatial_rows, batch.spatial_cols, batch.order,
+                                           objective_plan(ctx, hw, objective)),
+                expected, err_msg=f"case {case}: {dims} on {spec.name}")
+            finite += int(np.isfinite(expected).sum())
+    assert finite > 2000  # most of the sampled mappings fit: the comparison is of real energies
