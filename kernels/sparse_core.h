@@ -688,12 +688,14 @@ static int jc_sk_narrow(const float *Wp, int64_t M, int64_t K, int64_t b0, int64
     float *yt = aligned_alloc(64, (size_t)M * JC_VW * sizeof(float));
     if (yt == NULL) return -1;
     const jc_sk_pf none = {NULL, 0, 0, 0, 0, 1, 1};
+    memset(xt, 0, sizeof xt); /* lanes t0 + t1 .. 15 stay zero */
     for (int64_t k0 = 0; k0 < K; k0 += JC_SK_KC) {
         const int64_t kc = K - k0 < JC_SK_KC ? K - k0 : JC_SK_KC;
         for (int64_t k = 0; k < kc; k++) {
             const float *row = X + (k0 + k) * ldx;
-            for (int64_t j = 0; j < JC_VW; j++)
-                xt[k * JC_VW + j] = j < t0 ? row[c0 + j] : j < t0 + t1 ? row[c1 + j - t0] : 0.0f;
+            float *dst = xt + k * JC_VW;
+            for (int64_t j = 0; j < t0; j++) dst[j] = row[c0 + j];
+            for (int64_t j = 0; j < t1; j++) dst[t0 + j] = row[c1 + j];
         }
         for (int64_t b = b0; b < b1; b++) {
             const int64_t r0 = jc_sk_row(M, b), mr = jc_sk_row(M, b + 1) - r0;
