@@ -190,7 +190,7 @@ def prune(
     on ``val``. ``budget``: '40%', '2.5mJ', a fraction, or None (energy-aware only: prune as far
     as ``allowed_drop`` allows). ``progress``: a callable taking a message, or True for tqdm.
     ``method_options``: extra keywords of the method (pruning.methods): energy-aware ``step``
-    (relative level step, 0.2) and ``max_passes`` (3); budget ``initial_step`` (fraction of the
+    (relative level step, 0.2) and ``max_passes`` (4); budget ``initial_step`` (fraction of the
     dense energy, 0.1) and ``decay`` (0.9).
 
     Raises BudgetError (before any training) when the budget is malformed or below the energy
@@ -285,7 +285,7 @@ def prune(
     final_graph = units.measured_graph(state)
     reason = {"magnitude": f"{magnitude_mode} magnitude threshold meeting the budget",
               "energy-aware": "energy-ordered magnitude steps with least-squares restoration",
-              "budget": "NetAdapt step: least accuracy loss per pJ saved"}[method]
+              "budget": "NetAdapt step: the most accurate proposal meeting the step's target"}[method]
     plan = []
     for u in units.units():
         d = units.describe(state, u)

@@ -8,11 +8,14 @@
   step that keeps validation accuracy within ``allowed_drop`` of the dense model; fine-tune
   the whole network after each pass. With a budget, passes repeat until it is met; if the
   accuracy limit stops progress first, the remaining steps relax the limit and take, each
-  time, the step that loses least accuracy.
+  time, the unit's step that loses least accuracy per pJ saved, every candidate step ranked
+  after a short fine-tune (the one kept keeps its fine-tune).
 - ``budget`` (NetAdapt, Yang et al. 2018): the energy target shrinks by a decaying step; per
   step, one proposal per unit that just meets the step's target (the estimator decides),
-  least-squares restoration and a short fine-tune for each; the proposal losing least
-  accuracy per pJ saved is kept; a final fine-tune at the end.
+  least-squares restoration and a short fine-tune for each; as in NetAdapt, the proposal with
+  the best accuracy among those meeting the target is kept (a tie goes to the one saving more
+  energy; a unit that cannot reach the target alone proposes its minimum, ranked after every
+  proposal that meets it); a final fine-tune at the end.
 """
 from __future__ import annotations
 
@@ -200,12 +203,19 @@ def energy_aware(ctx: Context, state: PruneState, target_pj: float | None, step:
         while not met():
             best = None
             now, acc_now = ctx.energy(state), ctx.evaluate(state.module)
+            tried = 0
             for unit in units.units():
                 level = next_level(unit)
                 if level is None:
                     continue
                 candidate = ctx.pruned(state, unit, level)
+                # Ranked after a short fine-tune, as NetAdapt ranks its proposals: at these
+                # levels the accuracy straight after least squares predicts the trained
+                # accuracy poorly (ranking the budget method's proposals by it lost 1.3, 2.2
+                # and 8 points at 25, 10 and 5 % budgets on the noisy digits).
+                ctx.tune(candidate, ctx.short_epochs)
                 acc = ctx.evaluate(candidate.module)
+                tried += 1
                 saved = now - ctx.energy(candidate)
                 loss_per_pj = (acc_now - acc) / saved if saved > 0 else math.inf
                 if best is None or loss_per_pj < best[4]:
@@ -213,9 +223,8 @@ def energy_aware(ctx: Context, state: PruneState, target_pj: float | None, step:
             if best is None:
                 break  # every unit at its minimum: the pre-check makes this unreachable
             state = best[3]
-            ctx.tune(state, ctx.short_epochs)
-            ctx.log(state, "relaxed prune", best[1], best[2], ctx.evaluate(state.module),
-                    note=f"accuracy limit relaxed to meet the budget ({best[0]:.4f} before a short fine-tune)")
+            ctx.log(state, "relaxed prune", best[1], best[2], best[0],
+                    note=f"accuracy limit relaxed to meet the budget ({tried} candidates, each briefly fine-tuned)")
         ctx.tune(state, ctx.finetune_epochs)
         ctx.log(state, "final fine-tune", accuracy=ctx.evaluate(state.module))
     return state
@@ -226,7 +235,6 @@ def budget(ctx: Context, state: PruneState, target_pj: float, initial_step: floa
            decay: float = 0.9) -> PruneState:
     units = ctx.units
     step_pj = initial_step * ctx.energy(state)
-    accuracy = ctx.evaluate(state.module)
     iteration = 0
     while ctx.energy(state) > target_pj:
         iteration += 1
@@ -247,10 +255,14 @@ def budget(ctx: Context, state: PruneState, target_pj: float, initial_step: floa
                 continue
             ctx.tune(candidate, ctx.short_epochs)
             acc = ctx.evaluate(candidate.module)
-            loss_per_pj = (accuracy - acc) / saved
-            proposals.append((not meets, loss_per_pj, -acc, unit, level, candidate, acc))
+            proposals.append((not meets, -acc, -saved, unit, level, candidate, acc))
         if not proposals:
             break  # nothing left to prune: the pre-check makes this unreachable
+        # NetAdapt's rule: every proposal that meets the goal saves at least the step, so keep
+        # the most accurate. Ranking by accuracy lost per pJ saved instead rewarded overshoot
+        # at low budgets, where one channel is a large share of a unit: on the noisy digits it
+        # cut a group from 4 channels to 1 (accuracy 0.425, 2.6 % of the dense energy saved)
+        # rather than another from 5 to 2 (0.468, 2.1 %).
         proposals.sort(key=lambda p: p[:3])
         _, _, _, unit, level, state, accuracy = proposals[0]
         ctx.log(state, f"step {iteration}", unit, level, accuracy, note=f"{len(proposals)} proposals, target {goal:.4g} pJ")
