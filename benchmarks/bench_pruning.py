@@ -34,9 +34,11 @@ from energy import estimate, load_model  # noqa: E402
 from pruning.api import prune  # noqa: E402
 from pruning.export import export_onnx  # noqa: E402
 
-METHODS = ("budget", "energy-aware", "magnitude", "magnitude-ea")
+METHODS = ("budget", "energy-aware", "magnitude", "magnitude-ea", "magnitude-ft")
 # The magnitude baseline each method is compared with: the same fine-tuning samples at the same budget.
 BASELINE = {"budget": "magnitude", "energy-aware": "magnitude-ea"}
+# "magnitude-ft" is not a baseline but a diagnostic: magnitude with only the methods' final
+# fine-tune (finetune_epochs), to tell the channel allocation from the amount of training.
 BUDGETS = {"channel": (0.60, 0.45, 0.35, 0.25, 0.18, 0.12, 0.10, 0.07, 0.05, 0.035),  # floor ~1.9 % on eyeriss
            "weight": (0.60, 0.50, 0.42, 0.36, 0.32)}  # weight pruning cannot go below ~31 % on eyeriss
 
@@ -74,7 +76,8 @@ def run_seed(seed: int, variant: str, hw: str, budgets, work: Path, finetune_epo
             matched = next((m for m, base in BASELINE.items() if base == method), None)
             if matched is not None:
                 epochs = samples[matched] / len(x)
-            result = prune(dense_path, hw, budget=budget, method=method.replace("-ea", ""), granularity=granularity,
+            result = prune(dense_path, hw, budget=budget, method="magnitude" if method.startswith("magnitude") else method,
+                           granularity=granularity,
                            train=(x, y), val=(vx, vy), seed=seed, finetune_epochs=epochs)
             samples[method] = result.samples_trained
             out = result.save(work / f"{granularity}_{variant}_{seed}_{method}_{int(round(budget * 100))}.onnx", source=dense_path)
@@ -182,7 +185,9 @@ def markdown(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict
              "to 1024 training images. Same training budget: `magnitude` gets "
              "the same number of fine-tuning samples as `budget` at the same budget (all its proposals' short "
              "fine-tunes included), `magnitude-ea` as many as `energy-aware` used there (its passes and final "
-             "4-epoch fine-tune; samples column); each method is compared with its own baseline.", ""]
+             "4-epoch fine-tune; samples column); each method is compared with its own baseline. `magnitude-ft` "
+             "is not a baseline but a diagnostic: magnitude with only the 4-epoch final fine-tune the other methods "
+             "end with: the channels `magnitude` keeps, trained less.", ""]
     for (granularity, variant), comps in comparisons.items():
         lines += [f"### {granularity} granularity, {variant} digits (dense test accuracy {dense[(granularity, variant)]:.4f})", "",
                   "| budget | method | energy (of dense) | test acc mean | min | sd | fine-tune samples | wall s |",
@@ -204,6 +209,7 @@ def markdown(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict
                          f"{fmt(c['saving_ratio_energy-aware'])} |")
         lines.append("")
     lines += targets(means, comparisons, speed_rows, dense)
+    lines += allocation(means)
     lines += ["Notes: the test sets hold 449 (clean) and 1347 (hard) images, so one image is 0.22 % / 0.07 %; the "
               "equal-accuracy figures interpolate three-seed means and move by tens of percent with one seed. Weight "
               "pruning cannot go below about 31 % of the dense energy on eyeriss at 2 % minimum density: activation "
@@ -213,6 +219,27 @@ def markdown(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict
                   "| batch | model | median ms | speed-up | file bytes |", "|---|---|---|---|---|"]
         lines += [f"| {r['batch']} | {r['model']} | {r['ms']:.4f} | {r['speedup']:.2f}x | {r['bytes']} |" for r in speed_rows]
     return "\n".join(lines) + "\n"
+
+
+def allocation(means: dict) -> list[str]:
+    """Low budgets: each method against magnitude with the same samples and with only the final
+    fine-tune (computed from the means; empty when the diagnostic was not run)."""
+    keys = sorted({(g, var) for (g, var, m, _) in means if m == "magnitude-ft"})
+    lines, ratios = [], []
+    for g, var in keys:
+        budgets = sorted({b for (g2, v2, m, b) in means if (g2, v2) == (g, var)})[:4]
+        parts = []
+        for b in budgets:
+            acc = {m: means[(g, var, m, b)]["acc"] for m in METHODS if (g, var, m, b) in means}
+            parts.append(f"{b:.1%}: " + ", ".join(f"{m} {a:.3f}" for m, a in acc.items()))
+            short = means[(g, var, "magnitude-ft", b)]["samples"]
+            ratios += [means[(g, var, m, b)]["samples"] / short for m in BASELINE.values() if (g, var, m, b) in means and short]
+        lines.append(f"- {g}, {var} digits, mean test accuracy at the lowest budgets: " + "; ".join(parts) + ".")
+    if not lines:
+        return []
+    return ([f"Channel allocation or training? At the lowest budgets `budget`, `energy-aware` and `magnitude-ft` end "
+             f"with the same 4-epoch fine-tune, while `magnitude` and `magnitude-ea` fine-tune their final channel "
+             f"counts on {min(ratios):.1f}-{max(ratios):.1f}x the samples of `magnitude-ft`:", ""] + lines + [""])
 
 
 def targets(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict) -> list[str]:
