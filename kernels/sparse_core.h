@@ -483,7 +483,7 @@ static int jc_spmm(const jc_sparse *A, const jc_src *src, int64_t M, int64_t K, 
  * JC_SK_MR = 6 rows x 4 vectors = 24 accumulators (of the 32 zmm). The next panel block is
  * prefetched line by line, spread evenly over the current block's (strip, row block) calls, so
  * the DRAM stream overlaps the FMAs; the prefetch counts the lines a row really spans (with
- * NumPy's 16-byte offset a 2 KB row spans 33, and the 33rd, left to a demand miss, cost ~8% on
+ * NumPy's 16-byte offset a 2 KB row spans 33, and the 33rd, left to a demand miss, cost ~6% on
  * the 3x3 shape). W is packed once (jc_sk_pack_w) so each block's broadcasts come from
  * contiguous memory. Column edges: the in-place columns start on a cache line where X allows it
  * (jc_sk_head), a 16..48-column remainder runs in place on 1..3 vectors, and the < 16 columns
