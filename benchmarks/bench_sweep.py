@@ -7,10 +7,10 @@ Models: the digits CNN of examples/digits (built by the sweep), a smaller CNN an
 trained here on the same noisy 8x8 digits. Each pruned cell: the `budget` method at channel
 granularity. Three sweeps: digits.py's data (3 noisy copies of each training image) with
 pruning's default fine-tuning; one copy with the default fine-tuning; one copy with the quick
-fine-tuning of examples/sweep/default.yaml. Inside the prune phase, fine-tuning, the energy
-cost model, accuracy evaluation and least-squares restoration are timed by wrapping those
-functions in each worker (this script only; the library's cells time
-estimate/prune/export/validate). The kill check runs the quick sweep in a subprocess,
+fine-tuning of examples/sweep/default.yaml. The cells time estimate/prune/export/validate, and
+pruning itself splits its time into fine-tuning, the energy cost model, proposals (least-squares
+restoration included), accuracy evaluation and the rest (pruning.api PruningResult.time_s),
+which the cells record as prune.<phase>. The kill check runs the quick sweep in a subprocess,
 SIGKILLs it after half the cells, resumes it and compares the tables with the uninterrupted
 run.
 """
@@ -24,8 +24,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,55 +31,16 @@ sys.path.insert(0, str(REPO))
 
 DEVICES = ["eyeriss", "mobile-cpu", "edge-tpu-int8"]
 BUDGETS = ["100%", "60%", "40%", "25%"]
-INNER = ("fine_tune", "cost_model", "evaluate", "restore")
-
-_TIMES: dict[str, float] = defaultdict(float)
-_DEPTH = {"n": 0}
 
 
-def _timed(name, fn):
-    def wrapper(*args, **kwargs):
-        if _DEPTH["n"]:
-            return fn(*args, **kwargs)
-        _DEPTH["n"] += 1
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _TIMES[name] += time.perf_counter() - start
-            _DEPTH["n"] -= 1
-    wrapper.__wrapped_by_bench__ = True
-    return wrapper
-
-
-def _instrument() -> None:
-    # torch's first optimizer construction imports torch._dynamo (~3 s, once per process):
-    # import it here so that one-time cost is not counted as fine-tuning.
+def warm_cell(job):
+    """run_cell, after importing torch._dynamo: torch's first optimizer construction imports it
+    (~3 s, once per process), which is worker start-up, not the first cell's fine-tuning."""
     import torch._dynamo  # noqa: F401
 
-    import pruning.api
-    import pruning.cost
-    import pruning.methods
-    import pruning.units
-
-    if getattr(pruning.methods.fine_tune, "__wrapped_by_bench__", False):
-        return
-    pruning.methods.fine_tune = _timed("fine_tune", pruning.methods.fine_tune)
-    pruning.api.accuracy = _timed("evaluate", pruning.api.accuracy)
-    pruning.units.restore_layer = _timed("restore", pruning.units.restore_layer)
-    model = pruning.cost.EnergyModel
-    for name in ("__init__", "report", "per_layer_pj", "total_pj"):
-        setattr(model, name, _timed("cost_model", getattr(model, name)))
-
-
-def instrumented_cell(job):
-    """run_cell with the prune phase split into fine-tune / cost model / evaluate / restore."""
     from sweep.cells import run_cell
 
-    _instrument()
-    _TIMES.clear()
-    result = run_cell(job)
-    return replace(result, timings_s={**result.timings_s, **{f"prune.{k}": _TIMES.get(k, 0.0) for k in INNER}})
+    return run_cell(job)
 
 
 def make_models(folder: Path, copies: int) -> None:
@@ -153,24 +112,25 @@ def kill_and_resume(config: Path, out: Path, jobs: int, total: int) -> dict:
 
 def time_split(sweep) -> list[str]:
     """Rows of the where-the-time-goes table of one sweep, and the two headline shares."""
+    from pruning.api import TIME_PHASES
+
     phases = sweep.phase_totals_s()
-    inner = {k: sum(r.timings_s.get(f"prune.{k}", 0.0) for r in sweep.results) for k in INNER}
+    inner = {k: sum(r.timings_s.get(f"prune.{k}", 0.0) for r in sweep.results) for k in TIME_PHASES}
     total = phases["total"]
     rows = ["| part | s | share of cell time |", "|---|---|---|"]
     for name in ("load", "estimate", "prune", "export", "validate"):
         rows.append(f"| cell: {name} | {phases[name]:.1f} | {100 * phases[name] / total:.1f}% |")
-    labels = {"fine_tune": "fine-tuning", "cost_model": "energy cost model (estimation)",
-              "evaluate": "accuracy evaluation", "restore": "least-squares restoration"}
-    for name in INNER:
+    labels = {"fine-tuning": "fine-tuning", "estimation": "energy cost model (estimation)",
+              "proposals": "proposals (state copies, masks, least-squares restoration)",
+              "evaluation": "accuracy evaluation", "other": "other (data checks, ONNX -> torch, unit setup)"}
+    for name in TIME_PHASES:
         rows.append(f"| &nbsp;&nbsp;prune: {labels[name]} | {inner[name]:.1f} | {100 * inner[name] / total:.1f}% |")
-    other = phases["prune"] - sum(inner.values())
-    rows.append(f"| &nbsp;&nbsp;prune: other (unit setup, ONNX -> torch, masks) | {other:.1f} | {100 * other / total:.1f}% |")
     overhead = sweep.orchestration_s()
-    parts = {labels[k]: inner[k] for k in INNER}
+    parts = {labels[k]: inner[k] for k in TIME_PHASES}
     parts.update({f"{k} phase": phases[k] for k in ("load", "estimate", "export", "validate")})
-    parts["other pruning work"] = other
-    parts["estimation (estimate phase + cost model)"] = phases["estimate"] + inner["cost_model"]
-    top = max((k for k in parts if k != "energy cost model (estimation)" and k != "estimate phase"), key=parts.get)
+    estimation = phases["estimate"] + inner["estimation"]
+    parts["estimation (estimate phase + cost model)"] = estimation
+    top = max((k for k in parts if k not in (labels["estimation"], "estimate phase")), key=parts.get)
     rows += [
         f"| all cells | {total:.1f} | 100% |",
         "",
@@ -178,8 +138,8 @@ def time_split(sweep) -> list[str]:
         f"CNN, checking files) {sweep.prepare_s:.1f} s, report {sweep.report.wall_s:.1f} s, orchestration overhead "
         f"(worker start-up, scheduling, idle tail = wall - prepare - report - cell time / workers) {overhead:.1f} s "
         f"= {100 * overhead / sweep.wall_s:.1f}% of the wall time. Fine-tuning is "
-        f"**{100 * inner['fine_tune'] / total:.0f}%** of cell time; estimation (the estimate phase plus the cost "
-        f"model inside pruning) **{100 * (phases['estimate'] + inner['cost_model']) / total:.0f}%**; "
+        f"**{100 * inner['fine-tuning'] / total:.0f}%** of cell time; estimation (the estimate phase plus the cost "
+        f"model inside pruning) **{100 * estimation / total:.0f}%**; "
         f"the largest single part is {top} ({100 * parts[top] / total:.0f}%)"
         + ("." if top == "fine-tuning" else "; fine-tuning does **not** dominate here."),
     ]
@@ -192,7 +152,7 @@ def _sweep_lines(title: str, sweep, models_s: float) -> list[str]:
             f"{len(sweep.results)} cells ({len(ok)} ok, {len(sweep.failed)} failed) on a process pool of {sweep.jobs} "
             f"workers: **wall {sweep.wall_s:.1f} s ({sweep.wall_s / 60:.1f} min)**, plus {models_s:.1f} s to train the "
             "two extra models. Where the time goes (seconds summed over cells, measured inside the workers; the prune "
-            "phase split by wrapping pruning's functions in the benchmark's cell function):", "",
+            "phase split as pruning.api reports it, PruningResult.time_s):", "",
             *time_split(sweep), ""]
 
 
@@ -237,7 +197,7 @@ def main(argv=None) -> int:
             built.add(copies)
         models_s = time.perf_counter() - t0
         config = write_config(folder, name, copies, prune_line)
-        sweeps[name] = (config, run_sweep(config, args.out / name, jobs=args.jobs, progress=True, cell_fn=instrumented_cell))
+        sweeps[name] = (config, run_sweep(config, args.out / name, jobs=args.jobs, progress=True, cell_fn=warm_cell))
         lines += _sweep_lines(title, sweeps[name][1], models_s)
     if args.no_kill:
         lines.append("Kill + resume: not run (--no-kill).")

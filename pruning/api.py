@@ -33,6 +33,9 @@ from pruning.train import accuracy, as_tensors
 from pruning.units import ChannelUnits, PruneState, WeightUnits
 
 GRANULARITIES = ("weight", "channel", "block")
+# Where a run's wall time goes (PruningResult.time_s): fine-tuning, the energy cost model,
+# making proposals (copies, masks, least-squares restoration), accuracy evaluation, the rest.
+TIME_PHASES = ("fine-tuning", "estimation", "proposals", "evaluation", "other")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class PruningResult:
     samples_trained: int
     graph: Graph = field(repr=False, compare=False)
     example_input: torch.Tensor = field(repr=False, compare=False)
+    time_s: Mapping[str, float] = field(default_factory=dict, compare=False)  # seconds per phase, "other" included
 
     @property
     def energy_ratio(self) -> float:
@@ -97,6 +101,7 @@ class PruningResult:
             "plan": [dict(p.__dict__, layers=list(p.layers)) for p in self.plan],
             "history": [dict(h) for h in self.history],
             "seed": self.seed, "wall_time_s": self.wall_time_s, "samples_trained": self.samples_trained,
+            "time_s": dict(self.time_s),
         }
 
     def to_json(self) -> str:
@@ -110,6 +115,11 @@ class PruningResult:
             f"- energy: {self.energy_before_pj:.4g} pJ -> {self.energy_after_pj:.4g} pJ ({100 * self.energy_ratio:.1f}% of dense)",
             f"- accuracy: {self.accuracy_before:.4f} -> {self.accuracy_after:.4f}",
             f"- seed {self.seed}, {self.wall_time_s:.1f} s, {self.samples_trained} samples of fine-tuning",
+        ]
+        if self.time_s and self.wall_time_s > 0:
+            lines.append("- time: " + ", ".join(f"{name} {s:.1f} s ({100 * s / self.wall_time_s:.0f}%)"
+                                                for name, s in self.time_s.items()))
+        lines += [
             "",
             "| unit | kept | removed | reason |",
             "|---|---|---|---|",
@@ -263,10 +273,11 @@ def prune(
                 f"{'channel group' if granularity == 'channel' else 'layer'} at its minimum the model needs {floor_pj:.4g} pJ "
                 f"({100 * floor_pj / dense_pj:.1f}% of the dense {dense_pj:.4g} pJ){hint}")
 
-    evaluate = evaluate_fn or (lambda m: accuracy(m, val_x, val_y))
+    clock = methods.PhaseClock()
+    evaluate = clock.timed("evaluation", evaluate_fn or (lambda m: accuracy(m, val_x, val_y)))
     ctx = methods.Context(units=units, evaluate=evaluate, train_x=train_x, train_y=train_y, seed=seed,
                           finetune_epochs=finetune_epochs, short_epochs=short_epochs, allowed_drop=allowed_drop,
-                          restore=restore, report=_progress(progress))
+                          restore=restore, report=_progress(progress), clock=clock)
     accuracy_before = evaluate(state.module)
     ctx.log(state, "dense", accuracy=accuracy_before)
     options = dict(method_options or {})
@@ -292,14 +303,20 @@ def prune(
         why = reason if d["kept"] < d["total"] else "kept: pruning it cost too much accuracy or was not needed"
         plan.append(LayerPlan(str(d["unit"]), tuple(d["layers"]), d["kind"], d["kept"], d["total"], d["removed"], why))
     state.module.eval()
+    accuracy_after = evaluate(state.module)
+    with clock.phase("estimation"):  # the result's energies: full estimates, every dataflow
+        after_pj = energy.exact_pj(final_graph)
+        before_layers, after_layers = energy.exact_per_layer_pj(graph), energy.exact_per_layer_pj(final_graph)
+    wall = time.perf_counter() - started
+    phases = {name: clock.seconds.get(name, 0.0) for name in TIME_PHASES[:-1]}
+    phases["other"] = max(0.0, wall - sum(phases.values()))  # checks, ONNX -> torch, unit setup
     return PruningResult(
         module=state.module, method=method, granularity=granularity, hardware=hw.name,
         budget=str(parsed) if parsed else None, target_pj=target,
-        energy_before_pj=dense_pj, energy_after_pj=energy.exact_pj(final_graph),
-        layer_energy_before_pj=MappingProxyType(energy.exact_per_layer_pj(graph)),
-        layer_energy_after_pj=MappingProxyType(energy.exact_per_layer_pj(final_graph)),
-        accuracy_before=accuracy_before, accuracy_after=evaluate(state.module),
+        energy_before_pj=dense_pj, energy_after_pj=after_pj,
+        layer_energy_before_pj=MappingProxyType(before_layers), layer_energy_after_pj=MappingProxyType(after_layers),
+        accuracy_before=accuracy_before, accuracy_after=accuracy_after,
         plan=tuple(plan), history=tuple(MappingProxyType(h) for h in ctx.history), seed=seed,
-        wall_time_s=time.perf_counter() - started, samples_trained=ctx.samples_trained,
+        wall_time_s=wall, samples_trained=ctx.samples_trained, time_s=MappingProxyType(phases),
         graph=final_graph, example_input=example,
     )

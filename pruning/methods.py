@@ -20,8 +20,10 @@
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,9 +34,37 @@ from pruning.units import PruneState, Units
 METHODS = ("magnitude", "energy-aware", "budget")
 
 
+class PhaseClock:
+    """Seconds spent per phase of a pruning run (fine-tuning, estimation, ...). A phase entered
+    inside another counts toward the outer one only, so the phases never overlap."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._inside = False
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if self._inside:
+            yield
+            return
+        self._inside, start = True, time.perf_counter()
+        try:
+            yield
+        finally:
+            self._inside = False
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def timed(self, name: str, fn: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            with self.phase(name):
+                return fn(*args, **kwargs)
+        return wrapper
+
+
 @dataclass
 class Context:
-    """What every method needs besides the state."""
+    """What every method needs besides the state; ``clock`` times its estimation, fine-tuning
+    and proposals (masks plus least-squares restoration)."""
 
     units: Units
     evaluate: Callable[[torch.nn.Module], float]
@@ -48,22 +78,27 @@ class Context:
     report: Callable[[str], None] = lambda message: None
     history: list[dict] = field(default_factory=list)
     samples_trained: int = 0
+    clock: PhaseClock = field(default_factory=PhaseClock)
     _tunes: int = 0
 
     def energy(self, state: PruneState, override: dict | None = None) -> float:
-        return self.units.energy.total_pj(self.units.graph(state, override))
+        with self.clock.phase("estimation"):
+            return self.units.energy.total_pj(self.units.graph(state, override))
 
     def pruned(self, state: PruneState, unit, level: float) -> PruneState:
         """A copy of ``state`` with ``unit`` moved down to ``level`` (restored by least squares
         unless restoration is off); ``state`` itself is untouched."""
-        candidate = state.copy()
-        self.units.apply(candidate, unit, level, restore=self.restore)
-        return candidate
+        with self.clock.phase("proposals"):
+            candidate = state.copy()
+            self.units.apply(candidate, unit, level, restore=self.restore)
+            return candidate
 
     def tune(self, state: PruneState, epochs: float) -> None:
         self._tunes += 1
-        self.samples_trained += fine_tune(state.module, self.train_x, self.train_y, epochs=epochs,
-                                          seed=self.seed * 1000 + self._tunes, masks=self.units.qualified_masks(state))
+        with self.clock.phase("fine-tuning"):
+            self.samples_trained += fine_tune(state.module, self.train_x, self.train_y, epochs=epochs,
+                                              seed=self.seed * 1000 + self._tunes,
+                                              masks=self.units.qualified_masks(state))
 
     def log(self, state: PruneState, event: str, unit=None, level: float | None = None, accuracy: float | None = None,
             note: str = "") -> None:

@@ -249,6 +249,7 @@ def _run(job: CellJob, timings: dict[str, float]) -> dict[str, Any]:
     with _timed(timings, "prune"):
         result = prune(job.onnx_path, spec, budget=cell.budget, method=cell.method, granularity=cell.granularity,
                        train=(x, y), seed=cell.seed, **dict(job.prune_options))
+    timings.update({f"prune.{phase}": s for phase, s in result.time_s.items()})
     with _timed(timings, "export"):
         out = Path(job.out_dir) / "onnx" / f"{cell.slug}.onnx"
         path = result.save(out, source=job.onnx_path)

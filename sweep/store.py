@@ -61,16 +61,19 @@ def results_csv(results: Iterable[CellResult]) -> str:
 
 
 def timings_csv(results: Iterable[CellResult]) -> str:
-    """Per-cell phase times (s) and the validation's measured run times of the pruned model
-    (median s over the test set): not part of the results table, which is deterministic."""
+    """Per-cell phase times (s), the prune phase split as pruning.api.TIME_PHASES, and the
+    validation's measured run times of the pruned model (median s over the test set): not part
+    of the results table, which is deterministic."""
+    from pruning.api import TIME_PHASES
     from sweep.cells import PHASES
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     measured = ("kernels", "kernels_dense", "onnxruntime")
-    writer.writerow(["key", *[f"{p}_s" for p in PHASES], "total_s", *[f"run_{m}_s" for m in measured]])
+    parts = [*PHASES, "total", *[f"prune.{p}" for p in TIME_PHASES]]
+    writer.writerow(["key", *[f"{p.replace('-', '_').replace('.', '_')}_s" for p in parts], *[f"run_{m}_s" for m in measured]])
     for r in results:
-        writer.writerow([r.key, *[f"{r.timings_s.get(p, 0.0):.4f}" for p in PHASES], f"{r.timings_s.get('total', 0.0):.4f}",
+        writer.writerow([r.key, *[f"{r.timings_s.get(p, 0.0):.4f}" for p in parts],
                          *[f"{r.measured_s[m]:.6f}" if m in r.measured_s else "" for m in measured]])
     return buffer.getvalue()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import sys
 from pathlib import Path
 
@@ -89,6 +90,28 @@ def test_result_reports(budget_result):
     assert "| /conv2/Conv |" in md and "30%" in md
     with pytest.raises(dataclasses.FrozenInstanceError):
         budget_result.seed = 3  # type: ignore[misc]
+
+
+def test_result_says_where_the_time_went(budget_result):
+    times = dict(budget_result.time_s)
+    assert list(times) == ["fine-tuning", "estimation", "proposals", "evaluation", "other"]
+    # budget fine-tunes every proposal, estimates every probe and restores by least squares
+    assert all(times[k] > 0 for k in ("fine-tuning", "estimation", "proposals", "evaluation"))
+    assert times["other"] >= 0
+    assert sum(times.values()) == pytest.approx(budget_result.wall_time_s, rel=1e-6)
+    assert json.loads(budget_result.to_json())["time_s"] == pytest.approx(times)
+    assert "- time: fine-tuning " in budget_result.to_markdown()
+
+
+def test_phase_clock_counts_nested_phases_once():
+    from pruning.methods import PhaseClock
+
+    clock = PhaseClock()
+    with clock.phase("outer"):
+        with clock.phase("inner"):
+            time.sleep(0.01)
+    assert set(clock.seconds) == {"outer"} and clock.seconds["outer"] >= 0.01
+    assert clock.timed("x", lambda a, b=1: a + b)(2, b=3) == 5 and "x" in clock.seconds
 
 
 def test_energy_aware_respects_accuracy_limit(trained, eyeriss):

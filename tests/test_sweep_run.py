@@ -97,7 +97,18 @@ def test_cell_values(setup: Path, serial):
     assert len(rows) == 1 + 6 and rows[0].startswith("key,model,device,budget,method,granularity,seed,status,")
     assert rows[0].endswith(",error")
     assert len(list((serial.output / "cells").glob("*.json"))) == 6
-    assert len((serial.output / "timings.csv").read_text().splitlines()) == 7
+    import csv
+
+    with open(serial.output / "timings.csv", newline="") as f:
+        timings = list(csv.DictReader(f))
+    assert len(timings) == 6
+    pruned_ok = {r.key for r in serial.results if r.ok and r.budget != "100%"}
+    assert len(pruned_ok) >= 2
+    for row in timings:
+        pruned = row["key"] in pruned_ok
+        assert (float(row["prune_fine_tuning_s"]) > 0) == pruned and (float(row["prune_estimation_s"]) > 0) == pruned
+        parts = sum(float(row[f"prune_{p}_s"]) for p in ("fine_tuning", "estimation", "proposals", "evaluation", "other"))
+        assert parts <= float(row["prune_s"]) + 1e-3  # the split is of the time inside prune()
 
 
 def test_report_plots_match_cells(serial):
