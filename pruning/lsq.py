@@ -128,11 +128,14 @@ def restore_layer(
     inputs: torch.Tensor,
     target: torch.Tensor,
     mask: torch.Tensor | None = None,
-) -> float:
+    *,
+    error: bool = True,
+) -> float | None:
     """Refit ``layer``'s kept weights (and bias) in place so its output on ``inputs`` is as close
     as possible, in least squares, to ``target`` (the original layer's output on the same
     data). ``mask`` (bool, weight's shape) is the kept support; None keeps every weight.
-    Returns the mean squared output error after the fit (on all of ``inputs``)."""
+    Returns the mean squared output error after the fit (on all of ``inputs``), or None with
+    ``error=False`` (which saves running the layer on all of them)."""
     weight = layer.weight
     out_channels = weight.shape[0]
     mask2d = (torch.ones_like(weight, dtype=torch.bool) if mask is None else mask.to(torch.bool)).reshape(out_channels, -1)
@@ -181,5 +184,7 @@ def restore_layer(
         layer.weight.copy_(w2d.reshape(weight.shape).to(weight.dtype))
         if has_bias:
             layer.bias.copy_(bias.to(layer.bias.dtype))
+        if not error:
+            return None
         pred = layer(inputs.detach())
         return float(((pred - target.detach()) ** 2).mean())

@@ -66,7 +66,7 @@ class Units:
             out_idx = self.kept_outputs(state, node)
             if out_idx is not None:
                 target = target.index_select(1, out_idx)
-            restore_layer(layer, tensors[self._io[node][0]], target, state.masks.get(node))
+            restore_layer(layer, tensors[self._io[node][0]], target, state.masks.get(node), error=False)
 
     def kept_outputs(self, state: PruneState, node: str) -> torch.Tensor | None:
         return None

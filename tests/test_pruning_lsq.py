@@ -186,3 +186,15 @@ def test_restoration_of_a_conv_with_subsampled_rows_is_lstsq_on_those_rows():
     Y = y.permute(0, 2, 3, 1).reshape(-1, 3)
     W, _ = _reference_rows(full[rows].double().numpy(), Y[rows].double().numpy(), np.ones((3, 18), bool), bias=False)
     np.testing.assert_allclose(conv.weight.detach().reshape(3, -1).numpy(), W, atol=1e-5)
+
+
+def test_restoration_without_the_error_pass_fits_the_same_weights():
+    torch.manual_seed(9)
+    x = torch.relu(torch.randn(10, 4, 6, 6))
+    original = nn.Conv2d(4, 6, 3, padding=1)
+    y = original(x).detach()
+    mask = layer_magnitude_mask(original.weight, 0.5)
+    a, b = nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(4, 6, 3, padding=1)
+    assert isinstance(restore_layer(a, x, y, mask), float)
+    assert restore_layer(b, x, y, mask, error=False) is None
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
