@@ -78,7 +78,7 @@ def _dataflows(spec: HardwareSpec, dataflow: Dataflow | str | None) -> tuple[Dat
 
 
 def _mac_layer(layer: Layer, spec: HardwareSpec, dataflows: tuple[Dataflow, ...], objective: str) -> LayerEnergy:
-    best: tuple[float, HardwareContext, BatchCost, Mapping] | None = None
+    best = None  # (objective value, dataflow, hardware context, layer context, pool, index)
     for df in dataflows:
         hw = hardware_context(spec, df)
         ctx = layer_context(layer, hw)
@@ -89,14 +89,15 @@ def _mac_layer(layer: Layer, spec: HardwareSpec, dataflows: tuple[Dataflow, ...]
         pool = search_pool(ctx, hw, objective)
         if len(pool) == 0:
             continue
-        index, cost = best_in(pool, ctx, hw, objective)
-        value = cost.energy_pj[0] * (cost.cycles[0] if objective == "edp" else 1.0)
+        index, value = best_in(pool, ctx, hw, objective)
         if best is None or value < best[0]:
-            mapping = Mapping.from_batch(pool, index, df, tuple(lv.name for lv in spec.levels))
-            best = (value, hw, cost, mapping)
+            best = (value, df, hw, ctx, pool, index)
     if best is None:
         raise ModelError(_no_fit_message(layer, spec), node=layer.name)
-    _, hw, cost, mapping = best
+    _, df, hw, ctx, pool, index = best
+    # Only the winner gets the full NumPy accounting (every access count, for the report).
+    cost = evaluate(pool.take([index]), ctx, hw)
+    mapping = Mapping.from_batch(pool, index, df, tuple(lv.name for lv in spec.levels))
     return _layer_energy(layer, hw, cost, 0, mapping)
 
 

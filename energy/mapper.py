@@ -345,13 +345,13 @@ def _search_pool_cached(ctx: LayerContext, hw: HardwareContext, objective: str) 
     return _to_batch(assign[keep], orders[keep], space)
 
 
-def best_in(pool: MappingBatch, ctx: LayerContext, hw: HardwareContext, objective: str) -> tuple[int, BatchCost]:
+def best_in(pool: MappingBatch, ctx: LayerContext, hw: HardwareContext, objective: str) -> tuple[int, float]:
     """Cost the pool for the layer as it is (its real densities): (index of the best mapping,
-    the full BatchCost of that one mapping)."""
+    its objective value)."""
     if _compiled_objective is not None:
         values = _compiled_objective(pool.temporal, pool.spatial_rows, pool.spatial_cols, pool.order,
                                      _plan(ctx, hw, objective))
     else:
         values = numpy_objective(pool, ctx, hw, objective)
     index = int(np.argmin(values))
-    return index, evaluate(pool.take([index]), ctx, hw)
+    return index, float(values[index])
