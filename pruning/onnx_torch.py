@@ -324,6 +324,28 @@ def _reshape(step: Step, a: list) -> tuple:
     return (x.reshape(shape),)
 
 
+def _tiled(x: torch.Tensor, kernel, stride, pad, dilation, ceil: bool) -> bool:
+    """Whether a max pool is one over non-overlapping tiles (kernel = stride, no padding or
+    dilation, floor mode) of a 4-D tensor that needs no gradient."""
+    return (x.dim() == 4 and len(kernel) == 2 and tuple(kernel) == tuple(stride) and tuple(pad) == (0, 0)
+            and tuple(dilation) == (1, 1) and not ceil and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def _tiled_max_pool(x: torch.Tensor, kernel) -> torch.Tensor:
+    """F.max_pool2d over non-overlapping kh x kw tiles as the elementwise maximum of kh * kw
+    strided views: the same values (NaN propagates as there), several times faster than
+    torch's CPU max pool on small NCHW maps (12.6 vs 1.3 ms for 1024 x 32 x 8 x 8 here).
+    Inference only: on ties the gradient would differ from max_pool2d's, so training keeps it."""
+    kh, kw = kernel
+    oh, ow = x.shape[2] // kh, x.shape[3] // kw
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            view = x[:, :, i:oh * kh:kh, j:ow * kw:kw]
+            out = view if out is None else torch.maximum(out, view)
+    return out.contiguous()
+
+
 def _pool(step: Step, a: list, kind: str) -> tuple:
     at = step.attrs
     pad = _pads(at, step.name, None)
@@ -331,7 +353,10 @@ def _pool(step: Step, a: list, kind: str) -> tuple:
     stride = tuple(at.get("strides", [1] * len(kernel)))
     ceil = bool(at.get("ceil_mode", 0))
     if kind == "max":
-        return (F.max_pool2d(a[0], kernel, stride, pad, tuple(at.get("dilations", [1, 1])), ceil_mode=ceil),)
+        dilation = tuple(at.get("dilations", [1, 1]))
+        if _tiled(a[0], kernel, stride, pad, dilation, ceil):
+            return (_tiled_max_pool(a[0], kernel),)
+        return (F.max_pool2d(a[0], kernel, stride, pad, dilation, ceil_mode=ceil),)
     return (F.avg_pool2d(a[0], kernel, stride, pad, ceil_mode=ceil, count_include_pad=bool(at.get("count_include_pad", 0))),)
 
 

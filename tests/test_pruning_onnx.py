@@ -200,3 +200,21 @@ def test_shared_initializers_are_unshared_on_export(tmp_path):
     assert verify_onnx(out, module, x) <= 1e-6
     inputs = {n.name: list(n.input) for n in onnx.load(str(out)).graph.node}
     assert inputs["c1"][2] != inputs["c2"][2]
+
+
+@pytest.mark.parametrize("shape,kernel", [((3, 4, 8, 8), (2, 2)), ((2, 3, 9, 7), (2, 2)), ((2, 3, 9, 9), (3, 3)),
+                                          ((2, 2, 6, 8), (3, 2)), ((1, 1, 1, 1), (1, 1))])
+def test_tiled_max_pool_equals_torch_max_pool(shape, kernel):
+    from pruning.onnx_torch import _tiled, _tiled_max_pool
+
+    torch.manual_seed(10)
+    x = torch.relu(torch.randn(shape))  # ReLU zeros: many ties
+    x[0, 0, 0, 0] = float("nan")
+    expected = torch.nn.functional.max_pool2d(x, kernel, kernel)
+    got = _tiled_max_pool(x, kernel)
+    assert got.shape == expected.shape and got.is_contiguous()
+    assert torch.equal(torch.isnan(got), torch.isnan(expected))
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(expected))
+    assert _tiled(x, kernel, kernel, (0, 0), (1, 1), False)
+    assert not _tiled(x.requires_grad_(), kernel, kernel, (0, 0), (1, 1), False)  # training keeps max_pool2d
+    assert not _tiled(x.detach(), kernel, tuple(k + 1 for k in kernel), (0, 0), (1, 1), False)  # overlapping
