@@ -50,6 +50,15 @@ cdef inline double _footprint(int op, const double* f, const double* geo) nogil:
     return f[DN] * f[DG] * f[DC] * h * w
 
 
+cdef inline void _above(const double* per_level, double* out, int L) noexcept nogil:
+    """out[l]: product of per_level over the levels above l, 1 at the top (dataflow._above,
+    multiplied in the same order)."""
+    cdef int l
+    out[L - 1] = 1.0
+    for l in range(L - 2, -1, -1):
+        out[l] = per_level[l + 1] if l == L - 2 else out[l + 1] * per_level[l + 1]
+
+
 def objective(const cnp.int64_t[:, :, :] temporal, const cnp.int64_t[:, :] spatial_rows,
               const cnp.int64_t[:, :] spatial_cols, const cnp.int64_t[:, :] order, plan):
     """(K,) objective of each mapping (energy or energy x cycles), +inf where it does not fit;
@@ -153,18 +162,14 @@ def objective(const cnp.int64_t[:, :, :] temporal, const cnp.int64_t[:, :] spati
                 for d in range(8):
                     iprod = iprod * temporal[k, l, d]
                 per_level[l] = <double>iprod
-            above[L - 1] = 1.0
-            for l in range(L - 2, -1, -1):
-                above[l] = per_level[l + 1] if l == L - 2 else above[l + 1] * per_level[l + 1]
+            _above(per_level, above, L)
             for l in range(L):
                 iprod = 1
                 for d in range(8):
                     if relevant[2, d]:
                         iprod = iprod * temporal[k, l, d]
                 per_level[l] = <double>iprod
-            distinct_o[L - 1] = 1.0
-            for l in range(L - 2, -1, -1):
-                distinct_o[l] = per_level[l + 1] if l == L - 2 else distinct_o[l + 1] * per_level[l + 1]
+            _above(per_level, distinct_o, L)
             prefix[0] = 1.0
             for l in range(L):
                 for i in range(8):

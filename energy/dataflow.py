@@ -538,7 +538,7 @@ def objective_plan(ctx: LayerContext, hw: HardwareContext, objective: str) -> Ob
         orders=np.ascontiguousarray(ORDERS),
         relevant=np.array([RELEVANT[op] for op in OPERANDS], dtype=np.uint8),
         holds=holds,
-        n_holds=np.array([len(ctx.levels_holding(op)) for op in OPERANDS], dtype=np.int64),
+        n_holds=(holds >= 0).sum(axis=1).astype(np.int64),
         dense_bits=np.array([float(ctx.bits_of(op)) for op in OPERANDS]),
         stored_bits=np.array([float(spec.operand_sparsity(op).stored_bits_per_value(ctx.bits_of(op), ctx.density_of(op)))
                               for op in OPERANDS]),
