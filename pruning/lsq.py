@@ -46,15 +46,20 @@ def patches(layer: nn.Module, x: torch.Tensor, rows: torch.Tensor | None = None)
     raise TypeError(f"least-squares restoration needs a Conv2d or Linear layer, got {type(layer).__name__}")
 
 
-def _conv_rows(layer: nn.Conv2d, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Rows ``rows`` of the im2col matrix of ``x``: row n * P * Q + p * Q + q is the window of
-    sample n under output pixel (p, q), features in (channel, kernel row, kernel col) order."""
+def _conv_output_hw(layer: nn.Conv2d, x: torch.Tensor) -> tuple[int, int]:
+    """(P, Q): the conv's output height and width on input ``x`` (numeric padding)."""
     if isinstance(layer.padding, str):
         raise TypeError("least-squares restoration needs numeric Conv2d padding")
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = layer.kernel_size, layer.stride, layer.dilation, layer.padding
+    return (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
+def _conv_rows(layer: nn.Conv2d, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` of the im2col matrix of ``x``: row n * P * Q + p * Q + q is the window of
+    sample n under output pixel (p, q), features in (channel, kernel row, kernel col) order."""
+    out_h, out_w = _conv_output_hw(layer, x)
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = layer.kernel_size, layer.stride, layer.dilation, layer.padding
     padded = F.pad(x, (pw, pw, ph, ph))
-    out_h = (padded.shape[2] - dh * (kh - 1) - 1) // sh + 1
-    out_w = (padded.shape[3] - dw * (kw - 1) - 1) // sw + 1
     n, pos = rows // (out_h * out_w), rows % (out_h * out_w)
     top = (pos // out_w) * sh
     left = (pos % out_w) * sw
@@ -74,9 +79,7 @@ def _targets(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
 def _n_rows(layer: nn.Module, x: torch.Tensor) -> int:
     """Rows of ``patches(layer, x)``, without building it."""
     if isinstance(layer, nn.Conv2d) and not isinstance(layer.padding, str):
-        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = layer.kernel_size, layer.stride, layer.dilation, layer.padding
-        out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        out_h, out_w = _conv_output_hw(layer, x)
         return x.shape[0] * out_h * out_w
     if isinstance(layer, nn.Linear):
         return x.numel() // x.shape[-1]
