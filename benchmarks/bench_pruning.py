@@ -1,11 +1,14 @@
 """Pruning benchmark: the digits CNN on a built-in accelerator spec.
 
-    python benchmarks/bench_pruning.py [--seeds 0 1 2] [--hw eyeriss] [--write] [--quick]
+    python benchmarks/bench_pruning.py [--seeds 0 1 2] [--hw eyeriss] [--finetune-epochs 4] [--write] [--quick]
 
 For every seed and data variant (clean digits; the harder noisy, shifted digits of
 examples/digits) it trains the dense CNN, then prunes it at each budget with each method at
 channel granularity, exports the result to ONNX and measures test accuracy in onnxruntime.
-``magnitude`` gets the same number of fine-tuning samples as ``budget`` at the same budget.
+``magnitude`` gets the same number of fine-tuning samples as ``budget`` at the same budget
+(``magnitude-ea`` as ``energy-aware``); ``--finetune-epochs`` sets the final fine-tune of
+``budget``, ``energy-aware`` and ``magnitude-ft`` (and the fine-tune after each of
+``energy-aware``'s passes, which the library ties to it).
 It then measures onnxruntime latency (median of repeated runs, one thread) of the dense and
 the channel-pruned exports, and with ``--write`` replaces the "## Pruning" section of
 benchmarks/RESULTS.md (figures, machine, date, command).
@@ -142,7 +145,9 @@ def equal_accuracy(means: dict, granularity: str, variant: str, dense: float) ->
 def speed(results: dict, repeats: int, log) -> list[dict]:
     """onnxruntime latency of dense vs channel-pruned exports (clean variant, first seed),
     also re-pruned with channel counts rounded to a multiple of 8."""
-    first = next(r for r in results if r["variant"] == "clean" and r["granularity"] == "channel")
+    first = next((r for r in results if r["variant"] == "clean" and r["granularity"] == "channel"), None)
+    if first is None:  # e.g. --variants hard
+        return []
     dense = Path(first["dense_path"])
     xt = first["x_test"]
     rows = []
@@ -167,8 +172,15 @@ def speed(results: dict, repeats: int, log) -> list[dict]:
     return rows
 
 
+def _epochs_text(finetune_epochs) -> str:
+    """'4-epoch' (or '4/12-epoch' for dumps run with different final fine-tunes)."""
+    values = sorted({float(e) for e in finetune_epochs}) or [4.0]
+    return "/".join(f"{e:g}" for e in values) + "-epoch"
+
+
 def markdown(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict, command: str, seeds, wall_min: float,
-             load: str) -> str:
+             load: str, finetune_epochs=(4.0,)) -> str:
+    epochs = _epochs_text(finetune_epochs)
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
     lines = ["## Pruning", "",
              f"Command: `{command}`  ",
@@ -184,9 +196,9 @@ def markdown(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict
              "validation set that pruning selects on holds no noisy twin of a training image); least squares uses up "
              "to 1024 training images. Same training budget: `magnitude` gets "
              "the same number of fine-tuning samples as `budget` at the same budget (all its proposals' short "
-             "fine-tunes included), `magnitude-ea` as many as `energy-aware` used there (its passes and final "
-             "4-epoch fine-tune; samples column); each method is compared with its own baseline. `magnitude-ft` "
-             "is not a baseline but a diagnostic: magnitude with only the 4-epoch final fine-tune the other methods "
+             "fine-tunes included), `magnitude-ea` as many as `energy-aware` used there (its passes' and final "
+             f"{epochs} fine-tunes; samples column); each method is compared with its own baseline. `magnitude-ft` "
+             f"is not a baseline but a diagnostic: magnitude with only the {epochs} final fine-tune the other methods "
              "end with: the channels `magnitude` keeps, trained less.", ""]
     for (granularity, variant), comps in comparisons.items():
         lines += [f"### {granularity} granularity, {variant} digits (dense test accuracy {dense[(granularity, variant)]:.4f})", "",
@@ -209,7 +221,7 @@ def markdown(means: dict, comparisons: dict, speed_rows: list[dict], dense: dict
                          f"{fmt(c['saving_ratio_energy-aware'])} |")
         lines.append("")
     lines += targets(means, comparisons, speed_rows, dense)
-    lines += allocation(means)
+    lines += allocation(means, epochs)
     lines += ["Notes: the test sets hold 449 (clean) and 1347 (hard) images, so one image is 0.22 % / 0.07 %; the "
               "equal-accuracy figures interpolate three-seed means and move by tens of percent with one seed. Weight "
               "pruning cannot go below about 31 % of the dense energy on eyeriss at 2 % minimum density: activation "
@@ -281,7 +293,7 @@ CHANGES = [
     "thread) do not.", ""]
 
 
-def allocation(means: dict) -> list[str]:
+def allocation(means: dict, epochs: str = "4-epoch") -> list[str]:
     """Low budgets: each method against magnitude with the same samples and with only the final
     fine-tune (computed from the means; empty when the diagnostic was not run)."""
     keys = sorted({(g, var) for (g, var, m, _) in means if m == "magnitude-ft"})
@@ -298,7 +310,7 @@ def allocation(means: dict) -> list[str]:
     if not lines:
         return []
     return ([f"What is kept, or how long it is trained? At the lowest budgets `budget`, `energy-aware` and "
-             f"`magnitude-ft` end with the same 4-epoch fine-tune, while `magnitude` and `magnitude-ea` fine-tune "
+             f"`magnitude-ft` end with the same {epochs} fine-tune, while `magnitude` and `magnitude-ea` fine-tune "
              f"their final networks on {min(ratios):.1f}-{max(ratios):.1f}x the samples of `magnitude-ft`:", ""]
             + lines + [""])
 
@@ -343,7 +355,8 @@ def render(payloads: list[dict], command: str) -> str:
     wall = sum(p.get("wall_s", 0.0) for p in payloads) / 60
     loads = [v for p in payloads for v in p.get("load_average", [])]
     load = f"{min(loads):.1f}-{max(loads):.1f} (start and end of each run)" if loads else "not recorded"
-    return markdown(means, comparisons, speed_rows, dense, command, seeds, wall, load)
+    finetune_epochs = [p.get("finetune_epochs", 4.0) for p in payloads]  # dumps from before the option: 4
+    return markdown(means, comparisons, speed_rows, dense, command, seeds, wall, load, finetune_epochs)
 
 
 def write_section(path: Path, section: str) -> None:
@@ -372,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: clean and hard for channel, clean for weight")
     parser.add_argument("--write", action="store_true", help="update the Pruning section of benchmarks/RESULTS.md")
     parser.add_argument("--quick", action="store_true", help="two budgets, clean digits only")
+    parser.add_argument("--finetune-epochs", type=float, default=4.0,
+                        help="final fine-tune (epochs) of budget, energy-aware (also after each of its passes) "
+                             "and magnitude-ft; the matched magnitude baselines get the same total samples as "
+                             "their method (default 4)")
     parser.add_argument("--json", type=Path, default=None, help="dump all rows as JSON")
     parser.add_argument("--render", type=Path, nargs="+", default=None, help="only render these JSON dumps")
     args = parser.parse_args(argv)
@@ -391,9 +408,9 @@ def main(argv: list[str] | None = None) -> int:
                 budgets = (0.25, 0.10) if args.quick and granularity == "channel" else (0.5, 0.36) if args.quick else BUDGETS[granularity]
                 variants = args.variants or (["clean"] if args.quick or granularity == "weight" else ["clean", "hard"])
                 for variant in variants:
-                    results += [run_seed(s, variant, args.hw, budgets, work, 4.0, log, granularity) for s in args.seeds]
+                    results += [run_seed(s, variant, args.hw, budgets, work, args.finetune_epochs, log, granularity) for s in args.seeds]
             speed_rows = speed(results, 2000 if not args.quick else 300, log) if "channel" in args.granularities else []
-        payloads = [{"command": command, "rows": [r for res in results for r in res["rows"]], "speed": speed_rows,
+        payloads = [{"command": command, "finetune_epochs": args.finetune_epochs, "rows": [r for res in results for r in res["rows"]], "speed": speed_rows,
                      "wall_s": time.perf_counter() - started, "load_average": [load_before, os.getloadavg()[0]]}]
         if args.json:
             args.json.write_text(json.dumps(payloads[0], indent=1, default=str))
