@@ -42,6 +42,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnx import numpy_helper
 
 from kernels.conv import CompactWeight, compact_channels, use_skinny
+from kernels.direct_conv import direct_conv
 from kernels.formats import BSRMatrix, CSRMatrix
 from kernels.reuse import reuse_conv2d
 from kernels.slide import HashedLinear
@@ -55,7 +56,14 @@ from kernels.sparse_gemm import skinny_gemm, spmm, spmm_im2col
 DENSE_ABOVE = 0.45
 BLOCK_FILL = 0.75  # a block format pays when stored blocks are at least this full
 COMPACT_GAIN = 0.9  # run channel-pruned when the kept rows x cols are at most this share of the weight
-SPARSE_FORMATS = ("csr", "bsr4x4", "bsr4x1")
+SPARSE_FORMATS = ("csr", "bsr4x4", "bsr4x1", "direct")
+# A CSR conv runs as a direct sparse convolution (kernels.direct_conv: no im2col panels, bias and
+# a leading ReLU in the kernel) where that measured faster than the im2col panels: stride 1 and
+# at most DIRECT_MAX_K = C*R*S filter taps (64 channels of 3x3); above that, only from
+# DIRECT_MIN_COLS output pixels N*P*Q on (the wider filters then amortise the padded copy).
+# From benchmarks/bench_runner.py's direct-vs-CSR crossover table (RESULTS.md).
+DIRECT_MAX_K = 576
+DIRECT_MIN_COLS = 1 << 62
 
 
 @dataclass
@@ -64,7 +72,7 @@ class LayerRun:
 
     name: str
     op: str
-    format: str  # dense | compact | csr | bsr4x4 | bsr4x1 | hashed | reuse | numpy | fused
+    format: str  # dense | compact | csr | direct | bsr4x4 | bsr4x1 | hashed | reuse | numpy | fused
     macs_executed: int
     dense_macs: int
     weight_bytes: int
@@ -89,6 +97,11 @@ def choose_format(w2: np.ndarray, *, allow_compact: bool = True) -> str:
             if nnz / (np.count_nonzero(blocks) * bh * bw) >= BLOCK_FILL:
                 return name
     return "csr"
+
+
+def use_direct(k: int, cols: int, strides: tuple[int, int]) -> bool:
+    """Whether a CSR conv with k = C*R*S filter taps and cols = N*P*Q output pixels runs direct."""
+    return tuple(strides) == (1, 1) and (k <= DIRECT_MAX_K or cols >= DIRECT_MIN_COLS)
 
 
 def _weight_bytes(fmt: str, w) -> int:
@@ -330,9 +343,10 @@ class _Epilogue:
         self.ops: list[tuple] = []
         self.nodes: list[tuple[int, onnx.NodeProto]] = []
 
-    def apply(self, y: np.ndarray, flat: np.ndarray | None, vals: list) -> np.ndarray:
-        """y: the logical output; flat: the same memory as one 2-D array (or None)."""
-        for op in self.ops:
+    def apply(self, y: np.ndarray, flat: np.ndarray | None, vals: list, ops: list[tuple] | None = None) -> np.ndarray:
+        """y: the logical output; flat: the same memory as one 2-D array (or None); ops: the
+        entries to apply (default all; a kernel that fused the first ones passes the rest)."""
+        for op in self.ops if ops is None else ops:
             kind = op[0]
             if kind == "add":
                 r = vals[op[1]]
@@ -468,6 +482,8 @@ class _ConvStep:
             last, out = _grow_epilogue(last, out, g, nodes, claimed, self.epilogue)
         self.last, self.out_slot = last, g.slot[out]
         self.bias_col = None if bias is None else bias.astype(np.float32).reshape(-1, 1)
+        self.bias_vec = None if bias is None else np.ascontiguousarray(self.bias_col[:, 0])
+        self.direct_relu = bool(self.epilogue.ops) and self.epilogue.ops[0] == ("relu",)
         self._prepare_weight(w, mode)
         self.shape = None
 
@@ -501,6 +517,8 @@ class _ConvStep:
         if self.groups > 1 and fmt.startswith("bsr") and (w.shape[0] // self.groups) % 4:
             fmt = "csr"
         self.format, self.weight = fmt, w
+        # csr or direct is settled per input shape (_plan); both run the same CSRMatrix
+        self.direct_candidate = fmt == "csr" and self.groups == 1
         if fmt in SPARSE_FORMATS:
             packed = _pack(fmt, w2)
             mg = w.shape[0] // self.groups
@@ -545,6 +563,8 @@ class _ConvStep:
         if p < 1 or q < 1:
             raise ValueError(f"node '{name}': the kernel {self.kernel} does not fit the padded input {h}x{w}")
         self.out_shape, self.cols = (n, m, p, q), n * p * q
+        if self.direct_candidate:
+            self.format = "direct" if use_direct(self.dense_per_col, self.cols, self.strides) else "csr"
         self.flat = np.empty((m, n * p * q), np.float32)
         self.view = self.flat.reshape(m, n, p, q).transpose(1, 0, 2, 3)
         if self.format == "compact":
@@ -562,6 +582,12 @@ class _ConvStep:
         if self.pre_pad is not None:
             x = np.pad(x, self.pre_pad)
         flat, y = self.flat, self.view
+        if self.format == "direct":  # bias (and a leading ReLU) are applied in the kernel
+            direct_conv(self.group_weights[0], x, self.kernel, self.strides, self.pad, self.dil, bias=self.bias_vec,
+                        relu=self.direct_relu, out=y, threads=self.threads)
+            ops = self.epilogue.ops[1:] if self.direct_relu else self.epilogue.ops
+            vals[self.out_slot] = self.epilogue.apply(y, flat, vals, ops) if ops else y
+            return
         if self.format in SPARSE_FORMATS:
             self._sparse(x, flat)
         elif self.groups == 1:

@@ -1,0 +1,234 @@
+/* Direct sparse convolution for small-channel layers: y[n, m] = bias[m] + sum over the CSR
+ * nonzeros (c, r, s) of row m of w * xpad[n, c, oy*stride_h + r*dil_h, ox*stride_w + s*dil_w],
+ * NCHW float32.
+ *
+ * Why: the im2col panel kernel (sparse_core.h) packs a K x 64 panel before any row of W touches
+ * it; with 16-32 output rows that packing is most of the work. Here nothing is packed per
+ * panel: the batch is copied once into a zero-padded buffer and every nonzero of a filter adds
+ * w * (a shifted window of one padded input plane) to the outputs held in registers.
+ *
+ * The padded plane is read as one flat array of row width Ws. Output (oy, ox) at flat lane
+ * j = oy * Ws + ox under the nonzero (c, r, s) reads xpad[off(c, r, s) + j], so every nonzero
+ * reads a *contiguous* run of lanes: 64 lanes (4 vectors of 16) are kept in registers across
+ * all the nonzeros of a filter. Lanes with ox >= Q wrap into the next row and are computed and
+ * dropped; with stride 1 that costs (S-1)*dil_w / Wp of the lanes, instead of the 75% a per-row
+ * vector of 16 would waste on a 4-wide output. Strides > 1 use the same loop on a phase-split
+ * copy (see jc_dc_pad_channel). A 64-lane chunk may read up to 15 floats past the last plane,
+ * so the padded buffer carries that much zeroed slack.
+ *
+ * Vectors are GCC vector extensions (16 floats): one zmm with -march=native on AVX-512, split
+ * into narrower vectors elsewhere, so the native and portable builds share one code path.
+ *
+ * The caller (direct_conv.pyx) validates every array and the CSR before calling; nothing here
+ * checks bounds.
+ */
+#ifndef JOULECUT_DIRECT_CONV_H
+#define JOULECUT_DIRECT_CONV_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define JC_DC_VW 16                    /* floats per vector */
+#define JC_DC_NV 4                     /* vectors per chunk */
+#define JC_DC_CHUNK (JC_DC_VW * JC_DC_NV) /* output lanes held in registers per pass */
+#define JC_DC_SLACK JC_DC_VW           /* floats read past the last padded plane, at most */
+
+typedef float jc_dc_v16 __attribute__((vector_size(64), aligned(64)));
+typedef float jc_dc_v16u __attribute__((vector_size(64), aligned(4))); /* unaligned access */
+typedef int32_t jc_dc_vi16 __attribute__((vector_size(64), aligned(64)));
+
+typedef struct {
+    int64_t N, C, H, W;                 /* input x[n, c, h, w] at x + n*sN + c*sC + h*sH + w*sW */
+    ptrdiff_t sN, sC, sH, sW;
+    int64_t M, R, S, P, Q;
+    int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+    ptrdiff_t yN, yM;                   /* y[n, m] plane at y + n*yN + m*yM, P x Q contiguous */
+} jc_dc_geom;
+
+typedef struct {
+    const int32_t *indptr, *indices;    /* CSR of the [M, C*R*S] weight */
+    const float *data;
+} jc_dc_csr;
+
+/* The padded image in phase-split form: padded row h, column w of channel c lives in phase
+ * (h % stride_h, w % stride_w) at (h / stride_h, w / stride_w) of a [Hs, Ws] plane. A conv of
+ * any stride is then a stride-1 conv over the phase planes: output (oy, ox) under tap (r, s)
+ * reads phase ((r*dil_h) % sh, (s*dil_w) % sw) at (oy + r*dil_h / sh, ox + s*dil_w / sw). With
+ * stride 1 there is one phase and this is the plain zero-padded plane. */
+static inline int64_t jc_dc_ws(const jc_dc_geom *g) { return (g->W + 2 * g->pad_w + g->stride_w - 1) / g->stride_w; }
+static inline int64_t jc_dc_hs(const jc_dc_geom *g) { return (g->H + 2 * g->pad_h + g->stride_h - 1) / g->stride_h; }
+static inline int64_t jc_dc_phase(const jc_dc_geom *g) { return jc_dc_hs(g) * jc_dc_ws(g); }
+static inline int64_t jc_dc_channel(const jc_dc_geom *g) { return g->stride_h * g->stride_w * jc_dc_phase(g); }
+
+/* Copy channel (n, c) of x (any strides) into its zero-padded, phase-split slot. */
+static void jc_dc_pad_channel(const jc_dc_geom *g, const float *x, int64_t n, int64_t c, float *dst)
+{
+    const int64_t Ws = jc_dc_ws(g), sh = g->stride_h, sw = g->stride_w;
+    const float *src = x + n * g->sN + c * g->sC;
+    if (sh == 1 && sw == 1) {  /* one phase: zero only the border */
+        memset(dst, 0, (size_t)(g->pad_h * Ws) * sizeof(float));
+        memset(dst + (g->pad_h + g->H) * Ws, 0, (size_t)(g->pad_h * Ws) * sizeof(float));
+        for (int64_t h = 0; h < g->H; h++) {
+            float *row = dst + (h + g->pad_h) * Ws;
+            const float *in = src + h * g->sH;
+            for (int64_t w = 0; w < g->pad_w; w++) row[w] = row[g->pad_w + g->W + w] = 0.0f;
+            if (g->sW == 1) {
+                memcpy(row + g->pad_w, in, (size_t)g->W * sizeof(float));
+            } else {
+                for (int64_t w = 0; w < g->W; w++) row[g->pad_w + w] = in[w * g->sW];
+            }
+        }
+        return;
+    }
+    /* the phase grid may hold a row / column past the padded image: zero everything first */
+    const int64_t phase = jc_dc_phase(g);
+    memset(dst, 0, (size_t)jc_dc_channel(g) * sizeof(float));
+    for (int64_t h = 0; h < g->H; h++) {
+        const int64_t hp = h + g->pad_h;
+        float *rows = dst + (hp % sh) * sw * phase + (hp / sh) * Ws;
+        const float *in = src + h * g->sH;
+        for (int64_t w = 0; w < g->W; w++) {
+            const int64_t wp = w + g->pad_w;
+            rows[(wp % sw) * phase + wp / sw] = in[w * g->sW];
+        }
+    }
+}
+
+/* Offset of every stored nonzero's window in a padded image (see jc_dc_pad_channel). */
+static void jc_dc_offsets(const jc_dc_geom *g, const jc_dc_csr *A, int64_t nnz, ptrdiff_t *off)
+{
+    const int64_t Ws = jc_dc_ws(g), phase = jc_dc_phase(g), channel = jc_dc_channel(g), RS = g->R * g->S;
+    const int64_t sh = g->stride_h, sw = g->stride_w;
+    for (int64_t p = 0; p < nnz; p++) {
+        const int64_t k = A->indices[p], c = k / RS, r = (k % RS) / g->S, s = k % g->S;
+        const int64_t dy = r * g->dil_h, dx = s * g->dil_w;
+        off[p] = c * channel + ((dy % sh) * sw + dx % sw) * phase + (dy / sh) * Ws + dx / sw;
+    }
+}
+
+/* Write lanes [j0, j0 + len) of the flat grid (row width G) that are real outputs (ox < Q). */
+static inline void jc_dc_scatter(const float *lanes, int64_t j0, int64_t len, int64_t G, int64_t Q, float *y)
+{
+    if (G == Q) {  /* no wrapped lanes: the chunk is one contiguous run of the output plane */
+        memcpy(y + j0, lanes, (size_t)len * sizeof(float));
+        return;
+    }
+    const int64_t end = j0 + len;
+    for (int64_t j = j0; j < end;) {
+        const int64_t oy = j / G, ox = j - oy * G, row_end = (oy + 1) * G;
+        if (ox < Q) {
+            const int64_t n = (Q - ox < end - j) ? Q - ox : end - j;
+            memcpy(y + oy * Q + ox, lanes + (j - j0), (size_t)n * sizeof(float));
+        }
+        j = row_end < end ? row_end : end;
+    }
+}
+
+/* One 64-lane chunk of filter m over padded image xn. NV vectors (1..4) is a
+ * constant after inlining so the accumulators stay in registers; two accumulator sets (even /
+ * odd nonzeros) halve the FMA dependency chain. */
+static inline __attribute__((always_inline)) void
+jc_dc_chunk(const float *restrict xn, const ptrdiff_t *restrict off, const float *restrict val,
+            int64_t p0, int64_t p1, float bias, int relu, int64_t j0, int64_t len, int64_t G, int64_t Q,
+            float *restrict y, const int NV)
+{
+    jc_dc_v16 a[JC_DC_NV], b[JC_DC_NV];
+    for (int v = 0; v < NV; v++) {
+        a[v] = (jc_dc_v16){0} + bias;
+        b[v] = (jc_dc_v16){0};
+    }
+    const float *base = xn + j0;
+    int64_t p = p0;
+    for (; p + 1 < p1; p += 2) {
+        const float va = val[p], vb = val[p + 1];
+        const float *xa = base + off[p], *xb = base + off[p + 1];
+        for (int v = 0; v < NV; v++) {
+            a[v] += va * *(const jc_dc_v16u *)(xa + v * JC_DC_VW);
+            b[v] += vb * *(const jc_dc_v16u *)(xb + v * JC_DC_VW);
+        }
+    }
+    if (p < p1) {
+        const float va = val[p];
+        const float *xa = base + off[p];
+        for (int v = 0; v < NV; v++) a[v] += va * *(const jc_dc_v16u *)(xa + v * JC_DC_VW);
+    }
+    for (int v = 0; v < NV; v++) {
+        a[v] += b[v];
+        if (relu) a[v] = (jc_dc_v16)((jc_dc_vi16)a[v] & (a[v] > 0.0f)); /* C has no vector ?: */
+    }
+    jc_dc_scatter((const float *)a, j0, len, G, Q, y);
+}
+
+/* Filters [m0, m1) of image n, the flat-grid chunk starting at lane j0. */
+static void jc_dc_flat_item(const jc_dc_geom *g, const jc_dc_csr *A, const ptrdiff_t *off, const float *xn,
+                            const float *bias, int relu, int64_t j0, int64_t m0, int64_t m1, float *yn)
+{
+    const int64_t G = jc_dc_ws(g), L = (g->P - 1) * G + g->Q;
+    const int64_t len = (L - j0 < JC_DC_CHUNK) ? L - j0 : JC_DC_CHUNK;
+    const int nv = (int)((len + JC_DC_VW - 1) / JC_DC_VW);
+    for (int64_t m = m0; m < m1; m++) {
+        const int64_t p0 = A->indptr[m], p1 = A->indptr[m + 1];
+        const float b = bias ? bias[m] : 0.0f;
+        float *ym = yn + m * g->yM;
+        switch (nv) {
+        case 1: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, len, G, g->Q, ym, 1); break;
+        case 2: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, len, G, g->Q, ym, 2); break;
+        case 3: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, len, G, g->Q, ym, 3); break;
+        default: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, len, G, g->Q, ym, 4); break;
+        }
+    }
+}
+
+/* Filters per work item: whole M when (image, chunk) pairs already give every thread several
+ * items, else M split so that there are about 4 items per thread. */
+static int64_t jc_dc_mblock(int64_t M, int64_t pairs, int threads)
+{
+    if (threads <= 1 || pairs >= 4 * (int64_t)threads) return M;
+    const int64_t splits = (4 * (int64_t)threads + pairs - 1) / pairs;
+    const int64_t mb = (M + splits - 1) / splits;
+    return mb < 1 ? 1 : mb;
+}
+
+/* y = conv(x, A) (+ bias, ReLU). Returns 0, or -1 when a buffer cannot be allocated. */
+static int jc_direct_conv(const jc_dc_geom *g, const jc_dc_csr *A, const float *x, const float *bias,
+                          int relu, float *y, int threads)
+{
+    if (g->N == 0 || g->M == 0) return 0;
+    const int64_t channel = jc_dc_channel(g), image = g->C * channel, nnz = A->indptr[g->M];
+    float *xp = (float *)malloc((size_t)(g->N * image + JC_DC_SLACK) * sizeof(float));
+    ptrdiff_t *off = (ptrdiff_t *)malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(ptrdiff_t));
+    if (!xp || !off) {
+        free(xp);
+        free(off);
+        return -1;
+    }
+    memset(xp + g->N * image, 0, JC_DC_SLACK * sizeof(float));
+    jc_dc_offsets(g, A, nnz, off);
+    (void)threads;
+    const int64_t planes = g->N * g->C;
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && planes > 1)
+    for (int64_t i = 0; i < planes; i++) jc_dc_pad_channel(g, x, i / g->C, i % g->C, xp + i * channel);
+
+    const int64_t L = (g->P - 1) * jc_dc_ws(g) + g->Q, chunks = (L + JC_DC_CHUNK - 1) / JC_DC_CHUNK;
+    const int64_t pairs = g->N * chunks, mb = jc_dc_mblock(g->M, pairs, threads);
+    const int64_t mblocks = (g->M + mb - 1) / mb, items = pairs * mblocks;
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && items > 1)
+    for (int64_t it = 0; it < items; it++) {
+        /* image-major, then chunk, then filter block: a chunk's input window stays in cache
+         * across the filters that read it */
+        const int64_t n = it / (chunks * mblocks), rest = it % (chunks * mblocks);
+        const int64_t chunk = rest / mblocks, m0 = (rest % mblocks) * mb;
+        const int64_t m1 = m0 + mb < g->M ? m0 + mb : g->M;
+        jc_dc_flat_item(g, A, off, xp + n * image, bias, relu, chunk * JC_DC_CHUNK, m0, m1, y + n * g->yN);
+    }
+    free(xp);
+    free(off);
+    return 0;
+}
+
+#endif /* JOULECUT_DIRECT_CONV_H */
