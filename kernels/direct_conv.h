@@ -32,6 +32,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #define JC_DC_VW 16                    /* floats per vector */
 #define JC_DC_NV 4                     /* vectors per chunk */
@@ -65,11 +68,44 @@ static inline int64_t jc_dc_hs(const jc_dc_geom *g) { return (g->H + 2 * g->pad_
 static inline int64_t jc_dc_phase(const jc_dc_geom *g) { return jc_dc_hs(g) * jc_dc_ws(g); }
 static inline int64_t jc_dc_channel(const jc_dc_geom *g) { return g->stride_h * g->stride_w * jc_dc_phase(g); }
 
+#ifdef __AVX512F__
+static inline __mmask16 jc_dc_lanes(int64_t lo, int64_t hi) /* lanes [lo, hi) of 16, clamped */
+{
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > JC_DC_VW ? JC_DC_VW : hi;
+    return hi <= lo ? 0 : (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+/* One phase, unit-stride rows: each padded row is built 16 lanes at a time, the input read
+ * with a lane mask (masked-off lanes are never touched, so reading "before" the row is safe)
+ * and stored whole, zeros included: no memset / memcpy calls for rows of a few floats. */
+static void jc_dc_pad_rows(const jc_dc_geom *g, const float *src, float *dst)
+{
+    const int64_t Ws = jc_dc_ws(g), Hp = jc_dc_hs(g), pw = g->pad_w;
+    for (int64_t hp = 0; hp < Hp; hp++) {
+        const int64_t h = hp - g->pad_h;
+        const int inside = h >= 0 && h < g->H;
+        const float *in = src + (inside ? h : 0) * g->sH - pw;
+        float *row = dst + hp * Ws;
+        for (int64_t v = 0; v < Ws; v += JC_DC_VW) {
+            const __mmask16 load = inside ? jc_dc_lanes(pw - v, pw + g->W - v) : 0;
+            _mm512_mask_storeu_ps(row + v, jc_dc_lanes(0, Ws - v), _mm512_maskz_loadu_ps(load, in + v));
+        }
+    }
+}
+#endif
+
 /* Copy channel (n, c) of x (any strides) into its zero-padded, phase-split slot. */
 static void jc_dc_pad_channel(const jc_dc_geom *g, const float *x, int64_t n, int64_t c, float *dst)
 {
     const int64_t Ws = jc_dc_ws(g), sh = g->stride_h, sw = g->stride_w;
     const float *src = x + n * g->sN + c * g->sC;
+#ifdef __AVX512F__
+    if (sh == 1 && sw == 1 && g->sW == 1) {
+        jc_dc_pad_rows(g, src, dst);
+        return;
+    }
+#endif
     if (sh == 1 && sw == 1) {  /* one phase: zero only the border */
         memset(dst, 0, (size_t)(g->pad_h * Ws) * sizeof(float));
         memset(dst + (g->pad_h + g->H) * Ws, 0, (size_t)(g->pad_h * Ws) * sizeof(float));
@@ -99,42 +135,95 @@ static void jc_dc_pad_channel(const jc_dc_geom *g, const float *x, int64_t n, in
     }
 }
 
-/* Offset of every stored nonzero's window in a padded image (see jc_dc_pad_channel). */
-static void jc_dc_offsets(const jc_dc_geom *g, const jc_dc_csr *A, int64_t nnz, ptrdiff_t *off)
+/* Offset of every stored nonzero's window in a padded image (see jc_dc_pad_channel), from a
+ * table over the C*R*S taps built by nested loops: per-nonzero divisions to split k into
+ * (c, r, s) cost more than all the FMAs of a small layer. tap needs C*R*S entries. */
+static void jc_dc_offsets(const jc_dc_geom *g, const jc_dc_csr *A, int64_t nnz, ptrdiff_t *tap, ptrdiff_t *off)
 {
-    const int64_t Ws = jc_dc_ws(g), phase = jc_dc_phase(g), channel = jc_dc_channel(g), RS = g->R * g->S;
+    const int64_t Ws = jc_dc_ws(g), phase = jc_dc_phase(g), channel = jc_dc_channel(g);
     const int64_t sh = g->stride_h, sw = g->stride_w;
-    for (int64_t p = 0; p < nnz; p++) {
-        const int64_t k = A->indices[p], c = k / RS, r = (k % RS) / g->S, s = k % g->S;
-        const int64_t dy = r * g->dil_h, dx = s * g->dil_w;
-        off[p] = c * channel + ((dy % sh) * sw + dx % sw) * phase + (dy / sh) * Ws + dx / sw;
+    int64_t k = 0;
+    for (int64_t c = 0; c < g->C; c++) {
+        for (int64_t r = 0; r < g->R; r++) {
+            const int64_t dy = r * g->dil_h;
+            for (int64_t s = 0; s < g->S; s++, k++) {
+                const int64_t dx = s * g->dil_w;
+                tap[k] = c * channel + ((dy % sh) * sw + dx % sw) * phase + (dy / sh) * Ws + dx / sw;
+            }
+        }
+    }
+    for (int64_t p = 0; p < nnz; p++) off[p] = tap[A->indices[p]];
+}
+
+/* Which of a chunk's lanes [j0, j0 + len) of the flat grid (row width G) are real outputs
+ * (ox < Q), worked out once per chunk, not per filter (the divisions cost more than a small
+ * filter's FMAs). In flat order the real lanes are consecutive outputs of the P x Q plane, from
+ * ``first`` on: per vector, a lane mask and its count (for compress + store), and as runs of
+ * whole lanes (lane offset, output offset, length) for the portable store. */
+typedef struct {
+    int64_t first;
+    uint32_t mask[JC_DC_NV];
+    int count[JC_DC_NV];
+    int64_t n, lane[JC_DC_CHUNK + 1], out[JC_DC_CHUNK + 1], len[JC_DC_CHUNK + 1];
+} jc_dc_runs;
+
+static void jc_dc_chunk_runs(int64_t j0, int64_t len, int64_t G, int64_t Q, jc_dc_runs *runs)
+{
+    const int64_t oy0 = j0 / G;
+    int64_t ox = j0 - oy0 * G;
+    runs->first = oy0 * Q + (ox < Q ? ox : Q);
+    runs->n = 0;
+    for (int v = 0; v < JC_DC_NV; v++) {
+        runs->mask[v] = 0;
+        runs->count[v] = 0;
+    }
+    for (int64_t l = 0, oy = oy0; l < len; l++) {
+        if (ox < Q) {
+            runs->mask[l / JC_DC_VW] |= 1u << (l % JC_DC_VW);
+            runs->count[l / JC_DC_VW]++;
+            if (ox == 0 || l == 0) {  /* a run starts */
+                runs->lane[runs->n] = l;
+                runs->out[runs->n] = oy * Q + ox;
+                runs->len[runs->n++] = 0;
+            }
+            runs->len[runs->n - 1]++;
+        }
+        if (++ox == G) {
+            ox = 0;
+            oy++;
+        }
     }
 }
 
-/* Write lanes [j0, j0 + len) of the flat grid (row width G) that are real outputs (ox < Q). */
-static inline void jc_dc_scatter(const float *lanes, int64_t j0, int64_t len, int64_t G, int64_t Q, float *y)
+#ifdef __AVX512F__
+/* Compress each vector's real lanes together and store them with a mask: no round trip through
+ * memory (a masked reload of a just-stored vector stalls store forwarding). The compress is the
+ * register form: its memory form is slow on some CPUs (AMD Zen 4). */
+static inline __attribute__((always_inline)) void
+jc_dc_store(const jc_dc_v16 *acc, int NV, const jc_dc_runs *runs, float *y)
 {
-    if (G == Q) {  /* no wrapped lanes: the chunk is one contiguous run of the output plane */
-        memcpy(y + j0, lanes, (size_t)len * sizeof(float));
-        return;
-    }
-    const int64_t end = j0 + len;
-    for (int64_t j = j0; j < end;) {
-        const int64_t oy = j / G, ox = j - oy * G, row_end = (oy + 1) * G;
-        if (ox < Q) {
-            const int64_t n = (Q - ox < end - j) ? Q - ox : end - j;
-            memcpy(y + oy * Q + ox, lanes + (j - j0), (size_t)n * sizeof(float));
-        }
-        j = row_end < end ? row_end : end;
+    float *dst = y + runs->first;
+    for (int v = 0; v < NV; v++) {
+        const __m512 packed = _mm512_maskz_compress_ps((__mmask16)runs->mask[v], (__m512)acc[v]);
+        _mm512_mask_storeu_ps(dst, (__mmask16)((1u << runs->count[v]) - 1), packed);
+        dst += runs->count[v];
     }
 }
+#else
+static inline void jc_dc_store(const jc_dc_v16 *acc, int NV, const jc_dc_runs *runs, float *y)
+{
+    const float *lanes = (const float *)acc;
+    (void)NV;
+    for (int64_t i = 0; i < runs->n; i++) memcpy(y + runs->out[i], lanes + runs->lane[i], (size_t)runs->len[i] * sizeof(float));
+}
+#endif
 
 /* One 64-lane chunk of filter m over padded image xn. NV vectors (1..4) is a
  * constant after inlining so the accumulators stay in registers; two accumulator sets (even /
  * odd nonzeros) halve the FMA dependency chain. */
 static inline __attribute__((always_inline)) void
 jc_dc_chunk(const float *restrict xn, const ptrdiff_t *restrict off, const float *restrict val,
-            int64_t p0, int64_t p1, float bias, int relu, int64_t j0, int64_t len, int64_t G, int64_t Q,
+            int64_t p0, int64_t p1, float bias, int relu, int64_t j0, const jc_dc_runs *runs,
             float *restrict y, const int NV)
 {
     jc_dc_v16 a[JC_DC_NV], b[JC_DC_NV];
@@ -161,7 +250,7 @@ jc_dc_chunk(const float *restrict xn, const ptrdiff_t *restrict off, const float
         a[v] += b[v];
         if (relu) a[v] = (jc_dc_v16)((jc_dc_vi16)a[v] & (a[v] > 0.0f)); /* C has no vector ?: */
     }
-    jc_dc_scatter((const float *)a, j0, len, G, Q, y);
+    jc_dc_store(a, NV, runs, y);
 }
 
 /* Filters [m0, m1) of image n, the flat-grid chunk starting at lane j0. */
@@ -171,15 +260,17 @@ static void jc_dc_flat_item(const jc_dc_geom *g, const jc_dc_csr *A, const ptrdi
     const int64_t G = jc_dc_ws(g), L = (g->P - 1) * G + g->Q;
     const int64_t len = (L - j0 < JC_DC_CHUNK) ? L - j0 : JC_DC_CHUNK;
     const int nv = (int)((len + JC_DC_VW - 1) / JC_DC_VW);
+    jc_dc_runs runs;
+    jc_dc_chunk_runs(j0, len, G, g->Q, &runs);
     for (int64_t m = m0; m < m1; m++) {
         const int64_t p0 = A->indptr[m], p1 = A->indptr[m + 1];
         const float b = bias ? bias[m] : 0.0f;
         float *ym = yn + m * g->yM;
         switch (nv) {
-        case 1: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, len, G, g->Q, ym, 1); break;
-        case 2: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, len, G, g->Q, ym, 2); break;
-        case 3: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, len, G, g->Q, ym, 3); break;
-        default: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, len, G, g->Q, ym, 4); break;
+        case 1: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, &runs, ym, 1); break;
+        case 2: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, &runs, ym, 2); break;
+        case 3: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, &runs, ym, 3); break;
+        default: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, &runs, ym, 4); break;
         }
     }
 }
@@ -194,6 +285,19 @@ static int64_t jc_dc_mblock(int64_t M, int64_t pairs, int threads)
     return mb < 1 ? 1 : mb;
 }
 
+/* Work item it: image-major, then chunk, then filter block, so that a chunk's input window
+ * stays in cache across the filters that read it. */
+static inline void jc_dc_item(const jc_dc_geom *g, const jc_dc_csr *A, const ptrdiff_t *off, const float *xp,
+                              const float *bias, int relu, float *y, int64_t it, int64_t chunks, int64_t mblocks,
+                              int64_t mb)
+{
+    const int64_t n = it / (chunks * mblocks), rest = it % (chunks * mblocks);
+    const int64_t chunk = rest / mblocks, m0 = (rest % mblocks) * mb;
+    const int64_t m1 = m0 + mb < g->M ? m0 + mb : g->M;
+    jc_dc_flat_item(g, A, off, xp + n * g->C * jc_dc_channel(g), bias, relu, chunk * JC_DC_CHUNK, m0, m1,
+                    y + n * g->yN);
+}
+
 /* y = conv(x, A) (+ bias, ReLU). Returns 0, or -1 when a buffer cannot be allocated. */
 static int jc_direct_conv(const jc_dc_geom *g, const jc_dc_csr *A, const float *x, const float *bias,
                           int relu, float *y, int threads)
@@ -201,30 +305,32 @@ static int jc_direct_conv(const jc_dc_geom *g, const jc_dc_csr *A, const float *
     if (g->N == 0 || g->M == 0) return 0;
     const int64_t channel = jc_dc_channel(g), image = g->C * channel, nnz = A->indptr[g->M];
     float *xp = (float *)malloc((size_t)(g->N * image + JC_DC_SLACK) * sizeof(float));
-    ptrdiff_t *off = (ptrdiff_t *)malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(ptrdiff_t));
+    const int64_t taps = g->C * g->R * g->S;
+    ptrdiff_t *off = (ptrdiff_t *)malloc((size_t)(nnz + taps + 1) * sizeof(ptrdiff_t));
     if (!xp || !off) {
         free(xp);
         free(off);
         return -1;
     }
     memset(xp + g->N * image, 0, JC_DC_SLACK * sizeof(float));
-    jc_dc_offsets(g, A, nnz, off);
-    (void)threads;
+    jc_dc_offsets(g, A, nnz, off + nnz, off);
     const int64_t planes = g->N * g->C;
-    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && planes > 1)
-    for (int64_t i = 0; i < planes; i++) jc_dc_pad_channel(g, x, i / g->C, i % g->C, xp + i * channel);
-
     const int64_t L = (g->P - 1) * jc_dc_ws(g) + g->Q, chunks = (L + JC_DC_CHUNK - 1) / JC_DC_CHUNK;
     const int64_t pairs = g->N * chunks, mb = jc_dc_mblock(g->M, pairs, threads);
     const int64_t mblocks = (g->M + mb - 1) / mb, items = pairs * mblocks;
-    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && items > 1)
-    for (int64_t it = 0; it < items; it++) {
-        /* image-major, then chunk, then filter block: a chunk's input window stays in cache
-         * across the filters that read it */
-        const int64_t n = it / (chunks * mblocks), rest = it % (chunks * mblocks);
-        const int64_t chunk = rest / mblocks, m0 = (rest % mblocks) * mb;
-        const int64_t m1 = m0 + mb < g->M ? m0 + mb : g->M;
-        jc_dc_flat_item(g, A, off, xp + n * image, bias, relu, chunk * JC_DC_CHUNK, m0, m1, y + n * g->yN);
+    /* one thread: plain loops (an OpenMP region costs about a microsecond even when it is
+     * switched off by an if clause, a good share of a small layer) */
+    if (threads <= 1) {
+        for (int64_t i = 0; i < planes; i++) jc_dc_pad_channel(g, x, i / g->C, i % g->C, xp + i * channel);
+        for (int64_t it = 0; it < items; it++) jc_dc_item(g, A, off, xp, bias, relu, y, it, chunks, mblocks, mb);
+    } else {
+        #pragma omp parallel num_threads(threads)
+        {
+            #pragma omp for schedule(static)
+            for (int64_t i = 0; i < planes; i++) jc_dc_pad_channel(g, x, i / g->C, i % g->C, xp + i * channel);
+            #pragma omp for schedule(static)
+            for (int64_t it = 0; it < items; it++) jc_dc_item(g, A, off, xp, bias, relu, y, it, chunks, mblocks, mb);
+        }
     }
     free(xp);
     free(off);
