@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -428,6 +429,19 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     return (UsageError, SweepBackendError)
 
 
+_show_other_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning of joulecut's own reads as the command's; others (torch's, ...) keep Python's form."""
+    from energy.errors import JoulecutWarning
+
+    if issubclass(category, JoulecutWarning):
+        print(f"joulecut: warning: {message}", file=sys.stderr)
+    else:
+        _show_other_warning(message, category, filename, lineno, file, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -435,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(args, option, None)
         if value is not None and value < 1:
             parser.error(f"--{option} must be >= 1, got {value}")
+    warnings.showwarning = _show_warning
     try:
         return args.func(args)
     except _usage_errors() as e:

@@ -24,3 +24,8 @@ class DataError(ValueError):
 
 class OptionError(ValueError):
     """An option that does not fit the model or hardware (e.g. a dataflow the spec lacks)."""
+
+
+class JoulecutWarning(UserWarning):
+    """A result is usable but doubtful (e.g. judged on very few samples); the command line
+    prints it as its own warning."""

@@ -11,6 +11,7 @@ import inspect
 import sys
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -20,7 +21,7 @@ import onnx
 import torch
 from torch import nn
 
-from energy.errors import DataError, ModelError
+from energy.errors import DataError, JoulecutWarning, ModelError
 from energy.ir import Graph
 from hwspecs.spec import HardwareSpec
 from pruning import methods
@@ -272,6 +273,12 @@ def prune(
                 f"budget {parsed} = {target:.4g} pJ cannot be met on {hw.name}: even with every prunable "
                 f"{'channel group' if granularity == 'channel' else 'layer'} at its minimum the model needs {floor_pj:.4g} pJ "
                 f"({100 * floor_pj / dense_pj:.1f}% of the dense {dense_pj:.4g} pJ){hint}")
+
+    if evaluate_fn is None and len(val_y) * allowed_drop < 1:  # one sample outweighs the allowed drop
+        warnings.warn(f"accuracy is judged on only {len(val_y)} validation sample(s): one sample is "
+                      f"{100 / max(len(val_y), 1):.2g} points, more than the allowed drop of {100 * allowed_drop:.2g}; "
+                      f"pruning decisions and the reported accuracy will be noisy (give more data or a separate "
+                      f"validation set)", JoulecutWarning, stacklevel=2)
 
     clock = methods.PhaseClock()
     evaluate = clock.timed("evaluation", evaluate_fn or (lambda m: accuracy(m, val_x, val_y)))

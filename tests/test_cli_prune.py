@@ -51,6 +51,18 @@ def test_bad_prune_inputs_exit_3_and_write_nothing(tmp_path, digits):
             "is the input model")
 
 
+def test_few_validation_samples_are_a_warning_not_an_error(tmp_path):
+    d = load_digits()
+    few = tmp_path / "few.npz"
+    np.savez(few, x=(d.data[:30] / 16).astype(np.float32), y=d.target[:30].astype(np.int64))
+    out = tmp_path / "out.onnx"
+    proc = run("prune", str(MLP), "--hw", "eyeriss", "--data", str(few), "-o", str(out), "--budget", "60%",
+               "--finetune-epochs", "0.2", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("joulecut: warning: accuracy is judged on only 6 validation sample(s)"), proc.stderr
+    assert out.exists()
+
+
 def test_unconvertible_op_is_named(tmp_path, digits):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import time
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from energy import estimate, load_model
-from energy.errors import DataError
+from energy.errors import DataError, JoulecutWarning
 from hwspecs import load_spec
 from hwspecs.spec import Operand, SparsityAction
 from pruning.api import PruningResult, prune
@@ -207,6 +208,19 @@ def test_progress_callback_and_no_printing(trained, eyeriss, capsys):
           progress=messages.append, finetune_epochs=0.2)
     assert any("magnitude" in m for m in messages)
     assert capsys.readouterr().out == ""
+
+
+def test_few_validation_samples_warn(trained, eyeriss):
+    """40 samples: the seeded 20% split leaves 8 validation images, 12.5 points each (allowed drop 1 point)."""
+    data = (trained["x"][:40], trained["y"][:40])
+    with pytest.warns(JoulecutWarning, match=r"only 8 validation sample\(s\): one sample is 12 points, more than the allowed drop of 1;"):
+        prune(trained["path"], eyeriss, budget="50%", method="magnitude", train=data, finetune_epochs=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JoulecutWarning)  # enough data, or the user's own evaluation: silent
+        prune(trained["path"], eyeriss, budget="50%", method="magnitude", train=(trained["x"], trained["y"]),
+              finetune_epochs=0.2)
+        prune(trained["path"], eyeriss, budget="50%", method="magnitude", train=data, finetune_epochs=0.2,
+              evaluate_fn=lambda module: 1.0)
 
 
 @pytest.mark.parametrize("net", ["ResNetTiny", "MobileNetTiny"])
