@@ -95,6 +95,15 @@ static void jc_dc_pad_rows(const jc_dc_geom *g, const float *src, float *dst)
 }
 #endif
 
+/* Whether some kernel tap reads phase (a, b). */
+static inline int jc_dc_phase_used(const jc_dc_geom *g, int64_t a, int64_t b)
+{
+    int rows = 0, cols = 0;
+    for (int64_t r = 0; r < g->R && !rows; r++) rows = (r * g->dil_h) % g->stride_h == a;
+    for (int64_t s = 0; s < g->S && !cols; s++) cols = (s * g->dil_w) % g->stride_w == b;
+    return rows && cols;
+}
+
 /* Copy channel (n, c) of x (any strides) into its zero-padded, phase-split slot. */
 static void jc_dc_pad_channel(const jc_dc_geom *g, const float *x, int64_t n, int64_t c, float *dst)
 {
@@ -121,16 +130,33 @@ static void jc_dc_pad_channel(const jc_dc_geom *g, const float *x, int64_t n, in
         }
         return;
     }
-    /* the phase grid may hold a row / column past the padded image: zero everything first */
-    const int64_t phase = jc_dc_phase(g);
-    memset(dst, 0, (size_t)jc_dc_channel(g) * sizeof(float));
-    for (int64_t h = 0; h < g->H; h++) {
-        const int64_t hp = h + g->pad_h;
-        float *rows = dst + (hp % sh) * sw * phase + (hp / sh) * Ws;
-        const float *in = src + h * g->sH;
-        for (int64_t w = 0; w < g->W; w++) {
-            const int64_t wp = w + g->pad_w;
-            rows[(wp % sw) * phase + wp / sw] = in[w * g->sW];
+    /* phase (a, b) row i, column j holds padded (i*sh + a, j*sw + b): zero where that falls in
+     * the padding or past the padded image (the phase grid is rounded up). Loops, no divisions. */
+    const int64_t phase = jc_dc_phase(g), Hs = jc_dc_hs(g);
+    for (int64_t a = 0; a < sh; a++) {
+        for (int64_t b = 0; b < sw; b++) {
+            float *plane = dst + (a * sw + b) * phase;
+            if (!jc_dc_phase_used(g, a, b)) {  /* e.g. all but (0, 0) for a 1x1 stride-2 conv */
+                memset(plane, 0, (size_t)phase * sizeof(float));
+                continue;
+            }
+            /* columns j with an input column w = j*sw + b - pad_w in [0, W) */
+            int64_t j_lo = 0, j_hi = Ws;
+            while (j_lo < Ws && j_lo * sw + b < g->pad_w) j_lo++;
+            while (j_hi > j_lo && (j_hi - 1) * sw + b >= g->pad_w + g->W) j_hi--;
+            for (int64_t i = 0; i < Hs; i++) {
+                float *row = plane + i * Ws;
+                const int64_t h = i * sh + a - g->pad_h;
+                if (h < 0 || h >= g->H) {
+                    for (int64_t j = 0; j < Ws; j++) row[j] = 0.0f;
+                    continue;
+                }
+                const float *in = src + h * g->sH + (j_lo * sw + b - g->pad_w) * g->sW;
+                const ptrdiff_t step = sw * g->sW;
+                for (int64_t j = 0; j < j_lo; j++) row[j] = 0.0f;
+                for (int64_t j = j_lo; j < j_hi; j++) row[j] = in[(j - j_lo) * step];
+                for (int64_t j = j_hi; j < Ws; j++) row[j] = 0.0f;
+            }
         }
     }
 }
