@@ -57,13 +57,18 @@ DENSE_ABOVE = 0.45
 BLOCK_FILL = 0.75  # a block format pays when stored blocks are at least this full
 COMPACT_GAIN = 0.9  # run channel-pruned when the kept rows x cols are at most this share of the weight
 SPARSE_FORMATS = ("csr", "bsr4x4", "bsr4x1", "direct")
-# A CSR conv runs as a direct sparse convolution (kernels.direct_conv: no im2col panels, bias and
-# a leading ReLU in the kernel) where that measured faster than the im2col panels: stride 1 and
-# at most DIRECT_MAX_K = C*R*S filter taps (64 channels of 3x3); above that, only from
-# DIRECT_MIN_COLS output pixels N*P*Q on (the wider filters then amortise the padded copy).
-# From benchmarks/bench_runner.py's direct-vs-CSR crossover table (RESULTS.md).
-DIRECT_MAX_K = 576
-DIRECT_MIN_COLS = 1 << 62
+# A conv whose weight calls for CSR or BSR runs as a direct sparse convolution
+# (kernels.direct_conv: the weight's CSRMatrix over a zero-padded copy of the input, no im2col
+# panels, bias and a leading ReLU in the kernel) where that measured faster than the im2col
+# panels (benchmarks/bench_runner.py's direct-vs-im2col crossover table, RESULTS.md "Whole-model
+# runner"): every stride-1 conv (1.1x-3.8x over CSR at 1-512 channels and 4x4-56x56 outputs,
+# 1.3x-1.9x over 4x4 blocks at 64-256 channels, batch 1 and 8); with a larger stride only
+# filters of at least DIRECT_STRIDED_MIN_TAPS taps and at most DIRECT_STRIDED_MAX_K = C*R*S
+# (16-32 channels of 3x3, or a 7x7 stem): at 64-256 channels of 3x3 the two are within 10%
+# either way, and 1x1 stride-2 shortcuts lose up to 20% (the copy of the input outweighs their
+# few MACs).
+DIRECT_STRIDED_MAX_K = 288
+DIRECT_STRIDED_MIN_TAPS = 9
 
 
 @dataclass
@@ -99,9 +104,11 @@ def choose_format(w2: np.ndarray, *, allow_compact: bool = True) -> str:
     return "csr"
 
 
-def use_direct(k: int, cols: int, strides: tuple[int, int]) -> bool:
-    """Whether a CSR conv with k = C*R*S filter taps and cols = N*P*Q output pixels runs direct."""
-    return tuple(strides) == (1, 1) and (k <= DIRECT_MAX_K or cols >= DIRECT_MIN_COLS)
+def use_direct(kernel: tuple[int, int], k: int, strides: tuple[int, int]) -> bool:
+    """Whether a CSR conv with an R x S kernel, k = C*R*S and these strides runs direct."""
+    if tuple(strides) == (1, 1):
+        return True
+    return kernel[0] * kernel[1] >= DIRECT_STRIDED_MIN_TAPS and k <= DIRECT_STRIDED_MAX_K
 
 
 def _weight_bytes(fmt: str, w) -> int:
@@ -516,11 +523,12 @@ class _ConvStep:
         fmt = "dense" if mode == "dense" else choose_format(w2, allow_compact=self.groups == 1)
         if self.groups > 1 and fmt.startswith("bsr") and (w.shape[0] // self.groups) % 4:
             fmt = "csr"
+        if fmt in ("csr", "bsr4x4", "bsr4x1") and self.groups == 1 and use_direct(self.kernel, self.dense_per_col,
+                                                                                 self.strides):
+            fmt = "direct"  # on the CSR of the weight: it executes only the nonzeros, blocks or not
         self.format, self.weight = fmt, w
-        # csr or direct is settled per input shape (_plan); both run the same CSRMatrix
-        self.direct_candidate = fmt == "csr" and self.groups == 1
         if fmt in SPARSE_FORMATS:
-            packed = _pack(fmt, w2)
+            packed = _pack("csr" if fmt == "direct" else fmt, w2)
             mg = w.shape[0] // self.groups
             self.group_weights = [packed] if self.groups == 1 else [
                 packed.row_slice(g * mg, (g + 1) * mg) for g in range(self.groups)]
@@ -563,8 +571,6 @@ class _ConvStep:
         if p < 1 or q < 1:
             raise ValueError(f"node '{name}': the kernel {self.kernel} does not fit the padded input {h}x{w}")
         self.out_shape, self.cols = (n, m, p, q), n * p * q
-        if self.direct_candidate:
-            self.format = "direct" if use_direct(self.dense_per_col, self.cols, self.strides) else "csr"
         self.flat = np.empty((m, n * p * q), np.float32)
         self.view = self.flat.reshape(m, n, p, q).transpose(1, 0, 2, 3)
         if self.format == "compact":

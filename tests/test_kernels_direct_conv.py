@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from kernels.direct_conv import direct_conv
 from kernels.formats import BSRMatrix, CSRMatrix
 from kernels.reference import conv2d_reference
-from kernels.runner import GraphRunner, use_direct
+from kernels.runner import GraphRunner, choose_format, use_direct
 
 
 def sparse_weight(rng, shape, density=0.2) -> np.ndarray:
@@ -174,8 +174,9 @@ def test_malformed_csr_raises_before_reading():
 
 
 def test_use_direct_rule():
-    assert use_direct(16 * 9, 64, (1, 1))
-    assert not use_direct(16 * 9, 64, (2, 2))
+    assert use_direct((3, 3), 512 * 9, (1, 1)) and use_direct((1, 1), 256, (1, 1))  # every stride-1 conv
+    assert use_direct((3, 3), 32 * 9, (2, 2)) and use_direct((7, 7), 3 * 49, (2, 2))
+    assert not use_direct((3, 3), 64 * 9, (2, 2)) and not use_direct((1, 1), 16, (2, 2))
 
 
 # -- the runner ---------------------------------------------------------------------------------
@@ -232,3 +233,30 @@ def test_runner_picks_direct_for_the_digits_cnn(batch, threads):
     unfused = GraphRunner(model, threads=threads, fuse=False)
     assert np.abs(unfused.run(feeds)[0] - got).max() <= 1e-5 * np.abs(ref).max()
     assert unfused.last_run[0].format == "direct"
+
+
+def test_runner_rule_per_layer():
+    """A 4x4-block weight runs direct on its CSR (only its nonzeros executed); a 1x1 stride-2
+    shortcut keeps the im2col CSR kernel (runner.use_direct)."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    keep = (np.arange(36)[None, :] % 4 == np.arange(4)[:, None])[:, None, :, None]  # 4x4 blocks (i, j), j % 4 == i
+    w = (w.reshape(4, 4, 36, 4) * keep).reshape(16, 16, 3, 3)
+    wp = sparse_weight(rng, (16, 16, 1, 1), 0.1)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="blocks", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "wp"], ["b"], name="shortcut", strides=[2, 2])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16, 6, 6])],
+                              [helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in "ab"],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(wp, "wp")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": rng.standard_normal((2, 16, 6, 6)).astype(np.float32)}
+    assert [choose_format(v.reshape(16, -1)) for v in (w, wp)] == ["bsr4x4", "csr"]
+    runner = GraphRunner(model)
+    got = runner.run(feeds)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for g, r in zip(got, ref):
+        assert np.abs(g - r).max() <= 1e-4 * np.abs(r).max()
+    runs = {r.name: r for r in runner.last_run}
+    assert (runs["blocks"].format, runs["shortcut"].format) == ("direct", "csr")
+    assert runs["blocks"].macs_executed == np.count_nonzero(w) * 2 * 6 * 6
+    assert runner.packed["blocks"][0] == "direct" and isinstance(runner.packed["blocks"][1], CSRMatrix)
