@@ -16,9 +16,11 @@ Models, each pruned to 90% weight sparsity per layer:
 For each: onnxruntime on the dense model, onnxruntime on the pruned model (it gains nothing
 from zeros), and GraphRunner on the pruned model (each layer in the format its weight calls
 for), one thread each (BLAS too), interleaved rounds (benchmarks/timing.py), medians of wall
-and of this thread's CPU time. A second table measures the dense-vs-CSR crossover behind
-``kernels.runner.DENSE_ABOVE``. Writes the "## Whole-model runner" section of RESULTS.md
-(``--quick`` prints without writing).
+and of this thread's CPU time. Two more tables measure one conv at a time: the direct sparse
+convolution (kernels.direct_conv) against the im2col CSR / 4x4-block kernels, behind
+``kernels.runner.use_direct``, and the dense-vs-CSR crossover behind
+``kernels.runner.DENSE_ABOVE``. Writes the "## Whole-model runner" section of RESULTS.md, with
+the previous recorded figures beside the new ones (``--quick`` prints without writing).
 """
 from __future__ import annotations
 
@@ -41,6 +43,26 @@ from timing import interleaved_medians  # noqa: E402
 
 SPARSITY = 0.9
 DENSITIES = (0.1, 0.3, 0.4, 0.5)  # of the crossover table
+# The figures recorded before the direct convolution (this script, 2026-12-01 10:14 UTC, load
+# 1.0-1.1): speed-up vs onnxruntime dense, (wall, CPU time), and the formats chosen.
+BEFORE = {
+    ("digits CNN", 1): (0.31, 0.30, "csr x4"), ("digits CNN", 32): (0.39, 0.39, "csr x4"),
+    ("tiny ResNet", 1): (0.51, 0.51, "csr x7"), ("tiny ResNet", 32): (0.76, 0.76, "csr x7"),
+    ("ResNet-18-style, 90% magnitude", 1): (2.12, 2.12, "csr x16"),
+    ("ResNet-18-style, 90% magnitude", 8): (2.14, 2.14, "csr x16"),
+    ("ResNet-18-style, 90% in 4x4 blocks", 1): (2.53, 2.52, "bsr4x4 x14, csr x2"),
+    ("ResNet-18-style, 90% in 4x4 blocks", 8): (2.41, 2.41, "bsr4x4 x14, csr x2"),
+}
+# Convs of the direct-vs-im2col table: (label, C, M, kernel, stride, output size); pad k // 2.
+DIRECT_CONVS = (
+    ("digits conv1", 1, 16, 3, 1, 8), ("digits conv2", 16, 32, 3, 1, 8), ("digits conv3", 32, 32, 3, 1, 4),
+    ("tiny ResNet block", 16, 16, 3, 1, 32), ("tiny ResNet downsample", 16, 32, 3, 2, 16),
+    ("tiny ResNet shortcut", 16, 32, 1, 2, 16), ("ResNet-18 stage 1", 64, 64, 3, 1, 56),
+    ("ResNet-18 stage 2", 128, 128, 3, 1, 28), ("ResNet-18 stage 3", 256, 256, 3, 1, 14),
+    ("ResNet-18 downsample 2", 64, 128, 3, 2, 28), ("ResNet-18 downsample 3", 128, 256, 3, 2, 14),
+    ("ResNet-18 shortcut 2", 64, 128, 1, 2, 28), ("256 ch at 7x7", 256, 256, 3, 1, 7),
+    ("512 ch at 7x7", 512, 512, 3, 1, 7),
+)
 
 
 def prune_90(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -154,6 +176,59 @@ def crossover_rows(repeats: int) -> tuple[list[str], dict]:
     return rows, ratios
 
 
+def _block_pruned(w: np.ndarray) -> np.ndarray | None:
+    """w with only the 10% of 4x4 blocks of its [M, C*R*S] form with the largest L2 norm kept;
+    None when that form does not tile into 4x4 blocks."""
+    m, k = w.shape[0], int(np.prod(w.shape[1:]))
+    if m % 4 or k % 4:
+        return None
+    blocks = w.reshape(m // 4, 4, k // 4, 4)
+    norms = np.sqrt((blocks ** 2).sum(axis=(1, 3)))
+    keep = norms >= np.quantile(norms, SPARSITY)
+    return (blocks * keep[:, None, :, None]).reshape(w.shape)
+
+
+def direct_rows(repeats: int) -> tuple[list[str], dict]:
+    """The direct convolution against the im2col kernels, one conv at a time (kernel calls only,
+    output buffers preallocated, no bias): per batch, CSR / direct on a 90% magnitude-pruned
+    weight and 4x4 BSR / direct (on the same weight's CSR) on a 90% block-pruned one. Returns the
+    table rows and {(label, batch, "csr" | "bsr"): im2col CPU time / direct CPU time}."""
+    from kernels.direct_conv import direct_conv
+    from kernels.formats import BSRMatrix, CSRMatrix
+    from kernels.runner import use_direct
+    from kernels.sparse_gemm import spmm_im2col
+
+    rng = np.random.default_rng(0)
+    rows, ratios = [], {}
+    for label, c, m, k, stride, out in DIRECT_CONVS:
+        hw, pad = out * stride, k // 2
+        cells = []
+        for batch in (1, 8):
+            x = rng.standard_normal((batch, c, hw, hw)).astype(np.float32)
+            flat = np.empty((m, batch * out * out), np.float32)
+            view = flat.reshape(m, batch, out, out).transpose(1, 0, 2, 3)  # what the runner hands over
+            w = rng.standard_normal((m, c, k, k)).astype(np.float32)
+            magnitude = w * (np.abs(w) >= np.quantile(np.abs(w), SPARSITY))
+            geo = ((k, k), (stride, stride), (pad, pad), (1, 1))
+            for weight, im2col_format in ((magnitude, "csr"), (_block_pruned(w), "bsr")):
+                if weight is None:
+                    cells.append("-")
+                    continue
+                w2 = weight.reshape(m, -1)
+                csr = CSRMatrix.from_dense(w2)
+                packed = csr if im2col_format == "csr" else BSRMatrix.from_dense(w2, block=(4, 4))
+                _, cpu = interleaved_medians({
+                    "im2col": lambda: spmm_im2col(packed, x, *geo, out=flat),
+                    "direct": lambda: direct_conv(csr, x, *geo, out=view)}, repeats)
+                ratios[(label, batch, im2col_format)] = cpu["im2col"] / cpu["direct"]
+                cells.append(f"{cpu['im2col'] * 1e3:.3f} / {cpu['direct'] * 1e3:.3f} ({ratios[(label, batch, im2col_format)]:.2f}x)")
+        picks = "direct" if use_direct((k, k), c * k * k, (stride, stride)) else "im2col"
+        rows.append(f"| {label}: {c} -> {m}, {k}x{k}, stride {stride}, {out}x{out} out | " + " | ".join(cells)
+                    + f" | {picks} | {os.getloadavg()[0]:.2f} |")
+        print(rows[-1], flush=True)
+    return rows, ratios
+
+
 def bench_model(label: str, dense: onnx.ModelProto, pruned: onnx.ModelProto, batch: int, repeats: int) -> dict:
     import onnxruntime as ort
 
@@ -168,20 +243,32 @@ def bench_model(label: str, dense: onnx.ModelProto, pruned: onnx.ModelProto, bat
     ort_dense = ort.InferenceSession(d.SerializeToString(), options)
     ort_pruned = ort.InferenceSession(p.SerializeToString(), options)
     runner = GraphRunner(p)
+    im2col = GraphRunner(p, direct=False)  # every sparse conv on the im2col kernels, as before
     ref = ort_pruned.run(None, feeds)[0]
     err = float(np.abs(runner.run(feeds)[0] - ref).max() / np.abs(ref).max())
     wall, cpu = interleaved_medians({"ort dense": lambda: ort_dense.run(None, feeds),
                                      "ort pruned": lambda: ort_pruned.run(None, feeds),
-                                     "kernels pruned": lambda: runner.run(feeds)}, repeats)
+                                     "kernels pruned": lambda: runner.run(feeds),
+                                     "kernels im2col only": lambda: im2col.run(feeds)}, repeats)
     runs = runner.last_run
     weight_s = sum(r.seconds for r in runs if r.dense_macs)
+    # where a call's time goes (medians of 21 calls): conv steps, the other steps, and the
+    # runner's own per-call work (feeding the inputs, copying the outputs out)
+    parts = []
+    for _ in range(21):
+        t = time.perf_counter()
+        runner.run(feeds)
+        total = time.perf_counter() - t
+        conv = sum(r.seconds for r in runner.last_run if r.op == "Conv")
+        parts.append((conv, sum(r.seconds for r in runner.last_run) - conv, total))
+    conv_s, other_s, total_s = (float(np.median([p[i] for p in parts])) for i in range(3))
     formats: dict[str, int] = {}
     for r in runs:
         if r.dense_macs:
             formats[r.format] = formats.get(r.format, 0) + 1
     row = dict(model=label, batch=batch, wall=wall, cpu=cpu, err=err, share=weight_s / sum(r.seconds for r in runs),
                formats=", ".join(f"{k} x{v}" for k, v in sorted(formats.items())), load=os.getloadavg()[0],
-               steps=len(runner.steps), nodes=len(runs))
+               steps=len(runner.steps), nodes=len(runs), conv_s=conv_s, other_s=other_s, total_s=total_s)
     print(label, batch, {k: f"{v * 1e3:.3f}" for k, v in wall.items()}, f"err {err:.1e}", row["formats"],
           f"load {row['load']:.2f}", flush=True)
     return row
@@ -189,13 +276,13 @@ def bench_model(label: str, dense: onnx.ModelProto, pruned: onnx.ModelProto, bat
 
 def table(rows: list[dict]) -> list[str]:
     lines = [
-        "| model | batch | ort dense ms (CPU ms) | ort pruned ms (CPU ms) | kernels pruned ms (CPU ms) | speed-up vs ort dense (wall) | CPU-time ratio | "
+        "| model | batch | ort dense ms (CPU ms) | ort pruned ms (CPU ms) | kernels pruned ms (CPU ms) | kernels, im2col only ms (CPU ms) | speed-up vs ort dense (wall) | CPU-time ratio | "
         "formats chosen (weight layers) | share of runner time in weight layers | max rel. error vs ort | load avg (1 min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         w, c = r["wall"], r["cpu"]
-        cells = " | ".join(f"{w[k] * 1e3:.3f} ({c[k] * 1e3:.3f})" for k in ("ort dense", "ort pruned", "kernels pruned"))
+        cells = " | ".join(f"{w[k] * 1e3:.3f} ({c[k] * 1e3:.3f})" for k in ("ort dense", "ort pruned", "kernels pruned", "kernels im2col only"))
         lines.append(f"| {r['model']} | {r['batch']} | {cells} | {w['ort dense'] / w['kernels pruned']:.2f}x | "
                      f"{c['ort dense'] / c['kernels pruned']:.2f}x | {r['formats']} | {100 * r['share']:.0f}% | "
                      f"{r['err']:.1e} | {r['load']:.2f} |")
@@ -224,6 +311,7 @@ def main() -> None:
         for label, dense, pruned, batches in cases:
             for batch in batches:
                 rows.append(bench_model(label, dense, pruned, batch, args.repeats))
+        direct, direct_ratios = direct_rows(max(3, args.repeats // 3))
         crossover, ratios = crossover_rows(max(3, args.repeats // 3))
     if args.quick:
         return
@@ -260,27 +348,65 @@ def main() -> None:
         "",
         f"ResNet-18-style model: the pruned model on the kernels is {span([speedup[k] for k in resnet], '{:.2f}x')} faster "
         f"than onnxruntime dense end to end (wall; CPU-time ratio {span([cpu_ratio[k] for k in resnet], '{:.2f}x')}), with "
-        f"{span([100 * by[k]['share'] for k in resnet], '{:.0f}%')} of the runner's time in the weight-layer steps. That share includes the fused epilogues (bias, residual add and ReLU are NumPy "
-        "passes over each conv's output inside its step; profiled on this model at batch 1 they and the other glue are "
-        "about 10% of the runner's time, the sparse kernels about 90%). The gain is below the 3.8x of \"Sparse "
+        f"{span([100 * by[k]['share'] for k in resnet], '{:.0f}%')} of the runner's time in the weight-layer steps. That share includes the fused epilogues (bias and "
+        "a ReLU right after the conv run inside the direct kernel; a residual add and the ReLU after it are NumPy "
+        "passes over the conv's output inside its step). Its stride-1 convs run direct, including the block-pruned "
+        "ones ("
+        f"{span([v for (lbl, _, f), v in direct_ratios.items() if f == 'bsr' and lbl.startswith('ResNet-18 stage')], '{:.1f}x')} "
+        "faster than the 4x4 block kernel on its stage convs in the table below); the stride-2 3x3 convs and 1x1 "
+        "shortcuts stay on the im2col kernels. The gain is below the 3.8x of \"Sparse "
         "kernels\" because that figure is a 512-channel layer against MKL; at the 64-256 channels here CSR at 10% density "
         f"is {span([ratios[(m, 0.1)] for m in (64, 128, 256)], '{:.1f}x')} faster than a dense conv on BLAS (crossover "
         "table below), and onnxruntime's convolutions are faster than that dense path.",
         "",
     ]
+    lines += [
+        "Before / after the direct sparse convolution (kernels/direct_conv.h). Speed-up vs onnxruntime dense, wall "
+        "(CPU time). Recorded before: this script's run of 2026-12-01 10:14 UTC (load 1.0-1.1), when every sparse "
+        "conv ran on the im2col kernels. im2col only: the same runner with `direct=False`, timed in this run beside "
+        "the others (the side-by-side comparison: same load, same process).",
+        "",
+        "| model | batch | recorded before | formats before | im2col only, this run | with direct, this run | "
+        "formats now | direct vs im2col only (CPU time) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (m, b), (wall_before, cpu_before, formats_before) in BEFORE.items():
+        if (m, b) in by:
+            w, c = by[(m, b)]["wall"], by[(m, b)]["cpu"]
+            lines.append(f"| {m} | {b} | {wall_before:.2f}x ({cpu_before:.2f}x) | {formats_before} | "
+                         f"{w['ort dense'] / w['kernels im2col only']:.2f}x ({c['ort dense'] / c['kernels im2col only']:.2f}x) | "
+                         f"{speedup[(m, b)]:.2f}x ({cpu_ratio[(m, b)]:.2f}x) | {by[(m, b)]['formats']} | "
+                         f"{c['kernels im2col only'] / c['kernels pruned']:.2f}x |")
+    worse = [k for k in BEFORE if k in by and speedup[k] < BEFORE[k][0]]
+    slower_than_im2col = [k for k in by if by[k]["cpu"]["kernels pruned"] > by[k]["cpu"]["kernels im2col only"]]
+    lines += ["", ("Below the recorded figure (wall speed-up vs onnxruntime): " + "; ".join(
+        f"{m} batch {b} ({BEFORE[(m, b)][0]:.2f}x -> {speedup[(m, b)]:.2f}x)" for m, b in worse) + "."
+        if worse else "No speed-up is below the recorded figure.") + " " + (
+        "Slower with direct than im2col only in this run: " + ", ".join(f"{m} batch {b}" for m, b in slower_than_im2col) + "."
+        if slower_than_im2col else "With direct every model is faster than im2col only in this run."), ""]
     if slower:
         lines.append("Still slower than onnxruntime dense: " + "; ".join(
-            f"{m} batch {b} ({speedup[(m, b)]:.2f}x wall, {cpu_ratio[(m, b)]:.2f}x CPU)" for m, b in slower) + ". "
-            "These models have 1-64 channels at 8x8-32x32. At batch 1 a whole call is tens of microseconds, and every "
-            "kernel call costs a few microseconds of Python wrapper and argument checks (spmm_im2col about 5 us) plus "
-            "packing the im2col panels, which outweighs the few multiply-adds of a 16-32-channel layer; at batch 32 the "
-            "sparse 3x3 convs with 16-32 output rows run at a small fraction of the kernel's big-layer rate (profiled: the "
-            "kernel call is nearly all of each step), which we attribute to that panel packing (a K x 64 panel is packed for only "
-            "16-32 rows of work), where onnxruntime's dense convolutions are faster even doing 10x the MACs (the "
-            "runner's own dense path, im2col + BLAS, is slower still: see the crossover table). Splitting the batch "
-            "into per-sample kernel calls did not help (measured). What would: a small-channel direct sparse "
-            "convolution, and a bias/ReLU/residual epilogue inside the kernel's write-back, in kernels/.")
+            f"{m} batch {b} ({speedup[(m, b)]:.2f}x wall, {cpu_ratio[(m, b)]:.2f}x CPU; of a {1e6 * by[(m, b)]['total_s']:.0f} us "
+            f"call, conv steps {1e6 * by[(m, b)]['conv_s']:.0f} us, the other steps {1e6 * by[(m, b)]['other_s']:.0f} us, "
+            f"the runner's own per-call work {1e6 * (by[(m, b)]['total_s'] - by[(m, b)]['conv_s'] - by[(m, b)]['other_s']):.0f} us)"
+            for m, b in slower) + ". "
+            "The convs no longer pack im2col panels (the table below: the direct kernel is "
+            f"{span([v for (lbl, _, f), v in direct_ratios.items() if f == 'csr' and lbl.startswith(('digits', 'tiny'))], '{:.1f}x')} "
+            "faster than the im2col CSR kernel on these models' convs); what is left is per-step cost that onnxruntime does not "
+            "pay: each kernel call's Python wrapper and argument checks (about 4 us for direct_conv, 5 us for spmm), "
+            "pooling and flattening in NumPy, and the fc layer on spmm.")
         lines.append("")
+    lines += [
+        "Direct sparse convolution vs the im2col kernels behind `kernels.runner.use_direct` (one conv, kernel calls "
+        "only, output buffers preallocated, one thread; cells: median thread CPU ms, im2col / direct (im2col/direct); "
+        "magnitude = 90% of the weight zeroed by magnitude, CSR im2col vs direct on that CSR; blocks = 90% of the 4x4 "
+        "blocks zeroed, 4x4 BSR im2col vs direct on the same weight's CSR; - = M or C*R*S not a multiple of 4). The "
+        "runner runs a CSR or block conv direct at stride 1, and at larger strides for filters of >= 9 taps with "
+        "C*R*S <= 288.",
+        "",
+        "| conv | magnitude, batch 1 | blocks, batch 1 | magnitude, batch 8 | blocks, batch 8 | runner picks | load avg |",
+        "|---|---|---|---|---|---|---|",
+    ] + direct + [""]
     lines += [
         "Dense vs CSR crossover behind `kernels.runner.DENSE_ABOVE` (one conv, batch 1, one thread; CSR = spmm_im2col, "
         "dense = the runner's dense path, im2col + numpy.matmul or skinny_gemm; cells: median thread CPU ms, CSR / dense "

@@ -463,7 +463,7 @@ class _ConvStep:
     and an epilogue; writes [M, N*P*Q] into a kept buffer and hands on its [N, M, P, Q] view."""
 
     def __init__(self, index: int, node: onnx.NodeProto, g: _Graph, mode: str, threads: int,
-                 fuse: bool, claimed: set[int], nodes):
+                 fuse: bool, claimed: set[int], nodes, direct: bool = True):
         self.g, self.index, self.node, self.threads = g, index, node, threads
         name = g.names[index]
         a = _attrs(node)
@@ -491,7 +491,7 @@ class _ConvStep:
         self.bias_col = None if bias is None else bias.astype(np.float32).reshape(-1, 1)
         self.bias_vec = None if bias is None else np.ascontiguousarray(self.bias_col[:, 0])
         self.direct_relu = bool(self.epilogue.ops) and self.epilogue.ops[0] == ("relu",)
-        self._prepare_weight(w, mode)
+        self._prepare_weight(w, mode, direct)
         self.shape = None
 
     def _fold_batchnorm(self, w, bias, out, nodes, claimed, last):
@@ -518,13 +518,13 @@ class _ConvStep:
         claimed.add(j)
         return folded, bias, j, bn.output[0]
 
-    def _prepare_weight(self, w: np.ndarray, mode: str) -> None:
+    def _prepare_weight(self, w: np.ndarray, mode: str, direct: bool) -> None:
         w2 = w.reshape(w.shape[0], -1)
         fmt = "dense" if mode == "dense" else choose_format(w2, allow_compact=self.groups == 1)
         if self.groups > 1 and fmt.startswith("bsr") and (w.shape[0] // self.groups) % 4:
             fmt = "csr"
-        if fmt in ("csr", "bsr4x4", "bsr4x1") and self.groups == 1 and use_direct(self.kernel, self.dense_per_col,
-                                                                                 self.strides):
+        if (direct and fmt in ("csr", "bsr4x4", "bsr4x1") and self.groups == 1
+                and use_direct(self.kernel, self.dense_per_col, self.strides)):
             fmt = "direct"  # on the CSR of the weight: it executes only the nonzeros, blocks or not
         self.format, self.weight = fmt, w
         if fmt in SPARSE_FORMATS:
@@ -871,15 +871,17 @@ class GraphRunner:
     ``mode="auto"`` picks each weight layer's format from its weight; ``mode="dense"`` runs
     every weight layer dense (the baseline the validator times against). ``threads`` is passed
     to the sparse kernels. ``fuse=False`` runs every node as its own step (same outputs within
-    rounding, same counts; for checking the fusion)."""
+    rounding, same counts; for checking the fusion). ``direct=False`` keeps every sparse conv on
+    the im2col kernels instead of the direct convolution where ``use_direct`` picks it (same
+    outputs within rounding; for measuring that choice)."""
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, *, mode: str = "auto", threads: int = 1,
-                 fuse: bool = True):
+                 fuse: bool = True, direct: bool = True):
         if mode not in ("auto", "dense"):
             raise ValueError(f"mode must be 'auto' or 'dense', got {mode!r}")
         proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
         self.graph = proto.graph
-        self.mode, self.threads, self.fuse = mode, threads, fuse
+        self.mode, self.threads, self.fuse, self.direct = mode, threads, fuse, direct
         self.names = layer_names(self.graph)
         for name, node in zip(self.names, self.graph.node):
             if (node.domain, node.op_type) in CUSTOM_OPS:
@@ -934,7 +936,7 @@ class GraphRunner:
         if op == "Conv":
             if len(node.input) > 1 and node.input[1] in g.constants and (len(node.input) < 3 or not node.input[2]
                                                  or node.input[2] in g.constants):
-                step = _ConvStep(i, node, g, self.mode, self.threads, self.fuse, claimed, nodes)
+                step = _ConvStep(i, node, g, self.mode, self.threads, self.fuse, claimed, nodes, self.direct)
                 self.packed[name] = (step.format, step.packed)
                 return step
             return _NodeStep(i, node, g, _numpy_conv(name, a))

@@ -233,6 +233,9 @@ def test_runner_picks_direct_for_the_digits_cnn(batch, threads):
     unfused = GraphRunner(model, threads=threads, fuse=False)
     assert np.abs(unfused.run(feeds)[0] - got).max() <= 1e-5 * np.abs(ref).max()
     assert unfused.last_run[0].format == "direct"
+    im2col = GraphRunner(model, threads=threads, direct=False)  # the choice switched off
+    assert np.abs(im2col.run(feeds)[0] - got).max() <= 1e-5 * np.abs(ref).max()
+    assert [r.format for r in im2col.last_run if r.op == "Conv"] == ["csr"] * 3
 
 
 def test_runner_rule_per_layer():
