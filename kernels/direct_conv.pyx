@@ -53,32 +53,54 @@ cdef bint _whole_float_strides(cnp.ndarray a):
     return True
 
 
-def _check_out(out, shape: tuple, x, bias) -> np.ndarray:
+cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
+    """Whether the memory extents of a and b intersect (numpy.may_share_memory's bounds test)."""
+    cdef char *lo_a = <char *>cnp.PyArray_DATA(a)
+    cdef char *lo_b = <char *>cnp.PyArray_DATA(b)
+    cdef char *hi_a = lo_a
+    cdef char *hi_b = lo_b
+    cdef int i
+    if a.size == 0 or b.size == 0:
+        return False
+    for i in range(a.ndim):
+        if a.strides[i] < 0:
+            lo_a += a.strides[i] * (a.shape[i] - 1)
+        else:
+            hi_a += a.strides[i] * (a.shape[i] - 1)
+    for i in range(b.ndim):
+        if b.strides[i] < 0:
+            lo_b += b.strides[i] * (b.shape[i] - 1)
+        else:
+            hi_b += b.strides[i] * (b.shape[i] - 1)
+    return lo_a < hi_b + cnp.PyArray_ITEMSIZE(b) and lo_b < hi_a + cnp.PyArray_ITEMSIZE(a)
+
+
+cdef cnp.ndarray _check_out(out, Py_ssize_t n, Py_ssize_t m, Py_ssize_t p, Py_ssize_t q, cnp.ndarray x, bias):
     """``out`` as [N, M, P, Q] float32 whose P x Q planes are C-contiguous and do not overlap:
-    the NCHW layout, or the channel-major one ([M, N, P, Q] memory seen as [N, M, P, Q])."""
+    the NCHW layout, or the channel-major one ([M, N, P, Q] memory seen as [N, M, P, Q]).
+    Typed checks: this runs on every call of a layer that may take only a few microseconds."""
     if out is None:
-        return np.empty(shape, dtype=np.float32)
+        return np.empty((n, m, p, q), dtype=np.float32)
     if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.ndim == 4):
         array(out, "out", np.float32, 4, "[N, M, P, Q]")  # raises, naming what is wrong
-    if out.shape != shape:
-        raise ValueError(f"out must have shape {shape}, got {out.shape}")
-    if not out.flags.writeable:
+    cdef cnp.ndarray y = out
+    if y.shape[0] != n or y.shape[1] != m or y.shape[2] != p or y.shape[3] != q:
+        raise ValueError(f"out must have shape {(n, m, p, q)}, got {out.shape}")
+    if not cnp.PyArray_ISWRITEABLE(y):
         raise ValueError("out must be writeable")
-    n, m, p, q = shape
-    plane = 4 * p * q
-    s_n, s_m, s_p, s_q = out.strides
-    if (q > 1 and s_q != 4) or (p > 1 and s_p != 4 * q):
+    cdef Py_ssize_t plane = 4 * p * q
+    if (q > 1 and y.strides[3] != 4) or (p > 1 and y.strides[2] != 4 * q):
         raise ValueError("out's P x Q planes must be C-contiguous")
-    s_n, s_m = (s_n if n > 1 else None), (s_m if m > 1 else None)
-    nchw = s_m in (None, plane) and s_n in (None, m * plane)
-    channel_major = s_n in (None, plane) and s_m in (None, n * plane)
+    # a stride of a length-1 axis is never used
+    cdef bint n_plane = n == 1 or y.strides[0] == plane, m_plane = m == 1 or y.strides[1] == plane
+    cdef bint nchw = m_plane and (n == 1 or y.strides[0] == m * plane)
+    cdef bint channel_major = n_plane and (m == 1 or y.strides[1] == n * plane)
     if not (nchw or channel_major):
         raise ValueError("out must be [N, M, P, Q] C-contiguous or the [N, M, P, Q] view of a "
                          "C-contiguous [M, N, P, Q] array")
-    for a in (x,) if bias is None else (x, bias):
-        if np.may_share_memory(out, a):
-            raise ValueError("out must not overlap the input or the bias")
-    return out
+    if _overlap(y, x) or (bias is not None and _overlap(y, <cnp.ndarray>bias)):
+        raise ValueError("out must not overlap the input or the bias")
+    return y
 
 
 def direct_conv(W, x, kernel_size, stride=(1, 1), pad=(0, 0), dilation=(1, 1), bias=None,
@@ -124,7 +146,7 @@ def direct_conv(W, x, kernel_size, stride=(1, 1), pad=(0, 0), dilation=(1, 1), b
         if bias.shape[0] != M:
             raise ValueError(f"bias must have {M} entries, got shape {bias.shape}")
         bias = np.ascontiguousarray(bias)
-    Y = _check_out(out, (n, M, P, Q), x, bias)
+    Y = _check_out(out, n, M, P, Q, x, bias)
     return _run(W, x, bias, bool(relu), Y, (R, S, sh, sw, ph, pw, dh, dw), nthreads)
 
 
