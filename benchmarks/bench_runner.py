@@ -223,7 +223,7 @@ def direct_rows(repeats: int) -> tuple[list[str], dict]:
                     "im2col": lambda: spmm_im2col(packed, x, *geo, out=flat),
                     "direct": lambda: direct_conv(csr, x, *geo, out=view)}, repeats)
                 ratios[(label, batch, im2col_format, picks)] = cpu["im2col"] / cpu["direct"]
-                cells.append(f"{cpu['im2col'] * 1e3:.3f} / {cpu['direct'] * 1e3:.3f} ({ratios[(label, batch, im2col_format)]:.2f}x)")
+                cells.append(f"{cpu['im2col'] * 1e3:.3f} / {cpu['direct'] * 1e3:.3f} ({ratios[(label, batch, im2col_format, picks)]:.2f}x)")
         rows.append(f"| {label}: {c} -> {m}, {k}x{k}, stride {stride}, {out}x{out} out | " + " | ".join(cells)
                     + f" | {picks} | {os.getloadavg()[0]:.2f} |")
         print(rows[-1], flush=True)
@@ -297,6 +297,8 @@ def main() -> None:
     args = parser.parse_args()
     from threadpoolctl import threadpool_limits
 
+    from kernels.runner import DIRECT_STRIDED_MAX_K, DIRECT_STRIDED_MIN_TAPS
+
     started = time.time()
     load_before = os.getloadavg()
     rows = []
@@ -354,8 +356,8 @@ def main() -> None:
         "passes over the conv's output inside its step). Its stride-1 convs run direct, including the block-pruned "
         "ones (on its stage convs the 4x4 block kernel takes "
         f"{span([v for (lbl, _, f, _p), v in direct_ratios.items() if f == 'bsr' and lbl.startswith('ResNet-18 stage')], '{:.2f}x')} "
-        "the direct kernel's time in the table below); the stride-2 3x3 convs and 1x1 "
-        "shortcuts stay on the im2col kernels. The gain is below the 3.8x of \"Sparse "
+        "the direct kernel's time in the table below); its 64-channel stride-2 conv runs direct, "
+        "the 128-channel one and the 1x1 shortcuts stay on the im2col kernels. The gain is below the 3.8x of \"Sparse "
         "kernels\" because that figure is a 512-channel layer against MKL; at the 64-256 channels here CSR at 10% density "
         f"is {span([ratios[(m, 0.1)] for m in (64, 128, 256)], '{:.1f}x')} faster than a dense conv on BLAS (crossover "
         "table below), and onnxruntime's convolutions are faster than that dense path.",
@@ -403,8 +405,8 @@ def main() -> None:
         "only, output buffers preallocated, one thread; cells: median thread CPU ms, im2col / direct (im2col/direct); "
         "magnitude = 90% of the weight zeroed by magnitude, CSR im2col vs direct on that CSR; blocks = 90% of the 4x4 "
         "blocks zeroed, 4x4 BSR im2col vs direct on the same weight's CSR; - = M or C*R*S not a multiple of 4). The "
-        "runner runs a CSR or block conv direct at stride 1, and at larger strides for filters of >= 9 taps with "
-        "C*R*S <= 288.",
+        "runner runs a CSR or block conv direct at stride 1, and at larger strides for filters of >= "
+        f"{DIRECT_STRIDED_MIN_TAPS} taps with C*R*S <= {DIRECT_STRIDED_MAX_K}.",
         "",
         "| conv | magnitude, batch 1 | blocks, batch 1 | magnitude, batch 8 | blocks, batch 8 | runner picks | load avg |",
         "|---|---|---|---|---|---|---|",

@@ -175,8 +175,8 @@ def test_malformed_csr_raises_before_reading():
 
 def test_use_direct_rule():
     assert use_direct((3, 3), 512 * 9, (1, 1)) and use_direct((1, 1), 256, (1, 1))  # every stride-1 conv
-    assert use_direct((3, 3), 32 * 9, (2, 2)) and use_direct((7, 7), 3 * 49, (2, 2))
-    assert not use_direct((3, 3), 64 * 9, (2, 2)) and not use_direct((1, 1), 16, (2, 2))
+    assert use_direct((3, 3), 64 * 9, (2, 2)) and use_direct((7, 7), 3 * 49, (2, 2))
+    assert not use_direct((3, 3), 128 * 9, (2, 2)) and not use_direct((1, 1), 16, (2, 2))
 
 
 # -- the runner ---------------------------------------------------------------------------------
