@@ -367,7 +367,10 @@ def main() -> None:
         "Before / after the direct sparse convolution (kernels/direct_conv.h). Speed-up vs onnxruntime dense, wall "
         "(CPU time). Recorded before: this script's run of 2026-12-01 10:14 UTC (load 1.0-1.1), when every sparse "
         "conv ran on the im2col kernels. im2col only: the same runner with `direct=False`, timed in this run beside "
-        "the others (the side-by-side comparison: same load, same process).",
+        "the others (the side-by-side comparison: same load, same process)."
+        + (" With other jobs on the 2 cores (load above 1.5) runs of this script minutes apart differed by up to "
+           "about 1.4x in the speed-up columns (measured 2026-12-01 13:04-13:12 UTC, load 2.2-3.0); the last column is "
+           "the stable comparison." if max(load_before[0], load[0]) > 1.5 else ""),
         "",
         "| model | batch | recorded before | formats before | im2col only, this run | with direct, this run | "
         "formats now | direct vs im2col only (CPU time) |",
