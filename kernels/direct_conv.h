@@ -9,11 +9,11 @@
  *
  * The padded plane is read as one flat array of row width Ws. Output (oy, ox) at flat lane
  * j = oy * Ws + ox under the nonzero (c, r, s) reads xpad[off(c, r, s) + j], so every nonzero
- * reads a *contiguous* run of lanes: 64 lanes (4 vectors of 16) are kept in registers across
- * all the nonzeros of a filter. Lanes with ox >= Q wrap into the next row and are computed and
+ * reads a *contiguous* run of lanes: a chunk of up to 128 lanes (8 vectors of 16; 4 without
+ * AVX-512) is kept in registers across all the nonzeros of a filter. Lanes with ox >= Q wrap into the next row and are computed and
  * dropped; with stride 1 that costs (S-1)*dil_w / Wp of the lanes, instead of the 75% a per-row
  * vector of 16 would waste on a 4-wide output. Strides > 1 use the same loop on a phase-split
- * copy (see jc_dc_pad_channel). A 64-lane chunk may read up to 15 floats past the last plane,
+ * copy (see jc_dc_pad_channel). A chunk may read up to 15 floats past the last plane,
  * so the padded buffer carries that much zeroed slack.
  *
  * Vectors are GCC vector extensions (16 floats): one zmm with -march=native on AVX-512, split
@@ -37,7 +37,14 @@
 #endif
 
 #define JC_DC_VW 16                    /* floats per vector */
-#define JC_DC_NV 4                     /* vectors per chunk */
+/* Vectors per chunk: 8 (16 accumulators of the 32 AVX-512 registers) amortise each nonzero's
+ * offset load and broadcast over more FMAs and hold a whole 8x8 output plane in one pass; 4
+ * where 16-float vectors are split into narrower registers (16 of them with AVX2). */
+#ifdef __AVX512F__
+#define JC_DC_NV 8
+#else
+#define JC_DC_NV 4
+#endif
 #define JC_DC_CHUNK (JC_DC_VW * JC_DC_NV) /* output lanes held in registers per pass */
 #define JC_DC_SLACK JC_DC_VW           /* floats read past the last padded plane, at most */
 
@@ -244,7 +251,7 @@ static inline void jc_dc_store(const jc_dc_v16 *acc, int NV, const jc_dc_runs *r
 }
 #endif
 
-/* One 64-lane chunk of filter m over padded image xn. NV vectors (1..4) is a
+/* One chunk of filter m over padded image xn. NV vectors (1..JC_DC_NV) is a
  * constant after inlining so the accumulators stay in registers; two accumulator sets (even /
  * odd nonzeros) halve the FMA dependency chain. */
 static inline __attribute__((always_inline)) void
@@ -292,12 +299,20 @@ static void jc_dc_flat_item(const jc_dc_geom *g, const jc_dc_csr *A, const ptrdi
         const int64_t p0 = A->indptr[m], p1 = A->indptr[m + 1];
         const float b = bias ? bias[m] : 0.0f;
         float *ym = yn + m * g->yM;
+#define JC_DC_CASE(NV) case NV: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, &runs, ym, NV); break
         switch (nv) {
-        case 1: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, &runs, ym, 1); break;
-        case 2: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, &runs, ym, 2); break;
-        case 3: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, &runs, ym, 3); break;
-        default: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, &runs, ym, 4); break;
+        JC_DC_CASE(1);
+        JC_DC_CASE(2);
+        JC_DC_CASE(3);
+#if JC_DC_NV > 4
+        JC_DC_CASE(4);
+        JC_DC_CASE(5);
+        JC_DC_CASE(6);
+        JC_DC_CASE(7);
+#endif
+        default: jc_dc_chunk(xn, off, A->data, p0, p1, b, relu, j0, &runs, ym, JC_DC_NV); break;
         }
+#undef JC_DC_CASE
     }
 }
 

@@ -112,7 +112,7 @@ def direct_conv(W, x, kernel_size, stride=(1, 1), pad=(0, 0), dilation=(1, 1), b
     stride, pad (symmetric), dilation: pairs (h, w). bias: None or float32 [M].
     out: None, or a float32 [N, M, P, Q] to write: C-contiguous, or the [N, M, P, Q] view of a
     C-contiguous [M, N, P, Q] array (what the runner hands on); must not overlap x or bias.
-    threads: OpenMP threads over (image, 64-output chunk, filter block) work items.
+    threads: OpenMP threads over (image, chunk of up to 128 output lanes, filter block) work items.
     Executes nnz * N * P * Q multiply-adds, as ``W.macs(N * P * Q)`` counts (the lanes that
     wrap past a row's end are computed and dropped, and not counted).
     """
