@@ -62,8 +62,8 @@ SPARSE_FORMATS = ("csr", "bsr4x4", "bsr4x1", "direct")
 # panels, bias and a leading ReLU in the kernel) where that measured faster than the im2col
 # panels (benchmarks/bench_runner.py's direct-vs-im2col table, RESULTS.md "Whole-model runner",
 # three runs at load 2-3): every stride-1 conv (1.1x-3.4x over CSR at 1-512 channels and 4x4-56x56
-# outputs, batch 1 and 8; 1.2x-1.7x over 4x4 blocks at 64-256 channels, slower than blocks only
-# at 512 channels of 7x7 at batch 1, 0.7x-0.9x, a shape the benchmark models lack); with a
+# outputs, batch 1 and 8; 1.2x-2.2x over 4x4 blocks at 64-256 channels, 0.7x-1.1x only at 512
+# channels of 7x7, a shape the benchmark models lack); with a
 # larger stride only filters of at least DIRECT_STRIDED_MIN_TAPS taps and at most
 # DIRECT_STRIDED_MAX_K = C*R*S (up to 64 channels of 3x3, or a 7x7 stem: 0.9x-2.5x, mostly
 # above 1.1x). 128 channels of 3x3 at stride
