@@ -60,15 +60,16 @@ SPARSE_FORMATS = ("csr", "bsr4x4", "bsr4x1", "direct")
 # A conv whose weight calls for CSR or BSR runs as a direct sparse convolution
 # (kernels.direct_conv: the weight's CSRMatrix over a zero-padded copy of the input, no im2col
 # panels, bias and a leading ReLU in the kernel) where that measured faster than the im2col
-# panels (benchmarks/bench_runner.py's direct-vs-im2col table, RESULTS.md "Whole-model runner",
-# three runs at load 2-3): every stride-1 conv (1.1x-3.4x over CSR at 1-512 channels and 4x4-56x56
-# outputs, batch 1 and 8; 1.2x-2.2x over 4x4 blocks at 64-256 channels, 0.7x-1.1x only at 512
-# channels of 7x7, a shape the benchmark models lack); with a
-# larger stride only filters of at least DIRECT_STRIDED_MIN_TAPS taps and at most
-# DIRECT_STRIDED_MAX_K = C*R*S (up to 64 channels of 3x3, or a 7x7 stem: 0.9x-2.5x, mostly
-# above 1.1x). 128 channels of 3x3 at stride
-# 2 are within 20% either way, and 1x1 stride-2 shortcuts swing from 0.3x to 2.6x between runs
-# (the copy of the input is most of their work): those stay on the im2col kernels.
+# panels (benchmarks/bench_runner.py's direct-vs-im2col table, RESULTS.md "Whole-model runner";
+# four runs at load 1.4-3):
+# - every stride-1 conv: 1.1x-4.2x over CSR at 1-512 channels and 4x4-56x56 outputs, batch 1
+#   and 8; 1.2x-2.2x over 4x4 blocks at 64-256 channels (0.7x-1.1x only at 512 channels of 7x7,
+#   a shape the benchmark models lack);
+# - at a larger stride, filters of at least DIRECT_STRIDED_MIN_TAPS taps and at most
+#   DIRECT_STRIDED_MAX_K = C*R*S (up to 64 channels of 3x3, or a 7x7 stem): 0.9x-2.5x, mostly
+#   above 1.1x. 128 channels of 3x3 at stride 2 are within 20% either way, and 1x1 stride-2
+#   shortcuts swing from 0.3x to 2.6x between runs (the copy of the input is most of their
+#   work): those stay on the im2col kernels.
 DIRECT_STRIDED_MAX_K = 576
 DIRECT_STRIDED_MIN_TAPS = 9
 
