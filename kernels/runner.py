@@ -63,7 +63,7 @@ SPARSE_FORMATS = ("csr", "bsr4x4", "bsr4x1", "direct")
 # panels (benchmarks/bench_runner.py's direct-vs-im2col table, RESULTS.md "Whole-model runner";
 # four runs at load 1.4-3):
 # - every stride-1 conv: 1.1x-4.2x over CSR at 1-512 channels and 4x4-56x56 outputs, batch 1
-#   and 8; 1.2x-2.2x over 4x4 blocks at 64-256 channels (0.7x-1.1x only at 512 channels of 7x7,
+#   and 8 (0.9x-1.0x in single runs at 256-512 channels); 1.2x-2.2x over 4x4 blocks at 64-256 channels (0.7x-1.1x only at 512 channels of 7x7,
 #   a shape the benchmark models lack);
 # - at a larger stride, filters of at least DIRECT_STRIDED_MIN_TAPS taps and at most
 #   DIRECT_STRIDED_MAX_K = C*R*S (up to 64 channels of 3x3, or a 7x7 stem): 0.9x-2.5x, mostly
