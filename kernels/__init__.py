@@ -3,6 +3,7 @@ from __future__ import annotations
 
 # Sparse weight x dense activation kernels (formats, packed-panel products, convolutions).
 from kernels.conv import CompactWeight, compact_channels, conv2d_dense, conv2d_sparse, dense_gemm
+from kernels.direct_conv import direct_conv
 from kernels.formats import BSRMatrix, CSRMatrix
 from kernels.sparse_gemm import PANEL_WIDTH, SkinnyWeight, skinny_gemm, spmm, spmm_im2col
 
@@ -28,6 +29,7 @@ __all__ = [
     "conv2d_dense",
     "conv2d_sparse",
     "dense_gemm",
+    "direct_conv",
     "reuse_conv2d",
     "reuse_matmul",
     "skinny_gemm",
