@@ -31,8 +31,6 @@ seeds is within VAL_MARGIN points of dense and whose worst seed is within VAL_WO
 calibrated once on the layer's inputs for CALIB_IMAGES training images (not timed).
 metric "input": Gaussian hyperplanes (Ning & Shen); "output": hyperplanes drawn through
 the layer's weight (kernels.reuse.projections), hashing ||(x - y) W|| instead of ||x - y||.
-"coarse": reuse_conv2d's coarse_bits (0: one level of clusters; c: two levels, the one-pixel
-clusters merged again by the first c of the H hash bits).
 """
 from __future__ import annotations
 
@@ -69,8 +67,8 @@ SECTION = "Hashed and reuse kernels"
 # validation split is ~810 images, where one image is 0.12 points: a mean alone picked settings
 # that were lucky on validation and lost ~0.9 points on test)
 VAL_MARGIN, VAL_WORST = 0.25, 0.5
-# (sub_len, n_hashes, centred thresholds, rows clustered together, hash metric, coarse bits)
-_ONE_LEVEL = [(16, 8, False, 8192, "input"), (16, 16, False, 8192, "input"), (16, 32, False, 8192, "input"),
+# (sub_len, n_hashes, centred thresholds, rows clustered together, hash metric)
+SETTINGS = [(16, 8, False, 8192, "input"), (16, 16, False, 8192, "input"), (16, 32, False, 8192, "input"),
             (16, 24, True, 8192, "input"), (16, 32, True, 4096, "input"), (16, 32, True, 8192, "input"),
             (16, 32, True, 16384, "input"), (16, 32, True, 32768, "input"), (16, 36, True, 16384, "input"),
             (16, 40, True, 16384, "input"), (16, 40, True, 32768, "input"), (16, 48, True, 8192, "input"),
@@ -78,12 +76,6 @@ _ONE_LEVEL = [(16, 8, False, 8192, "input"), (16, 16, False, 8192, "input"), (16
             (16, 32, True, 16384, "output"), (16, 40, True, 16384, "output"), (16, 48, True, 16384, "output"),
             (16, 36, True, 32768, "input"), (16, 36, True, 16384, "output"), (16, 40, True, 32768, "output"),
             (16, 44, True, 16384, "output"), (16, 40, True, 65536, "input"), (16, 40, True, 65536, "output")]
-# two-level clustering (coarse_bits): finer codes for the shared clusters, coarser for the
-# singletons; the one-level H 44 / 48 at 32768 rows for comparison
-SETTINGS = [s + (0,) for s in _ONE_LEVEL] + [
-    (16, 44, True, 32768, "output", 0), (16, 48, True, 32768, "output", 0),
-    (16, 44, True, 32768, "output", 32), (16, 44, True, 32768, "output", 36),
-    (16, 48, True, 32768, "output", 28), (16, 48, True, 32768, "output", 32)]
 
 
 def stable_malloc() -> bool:
@@ -180,8 +172,8 @@ def layer_input(model, layer: str, x: torch.Tensor) -> torch.Tensor:
 def reuse_accuracy(model, layer, xt, y_test, w, b, calib, setting, seed, threads, stats=True):
     """(test accuracy with `layer` run by reuse at `setting`, its ReuseStats on xt's layer
     input): projections and centred thresholds drawn with `seed`."""
-    L, H, cen, blk, mt, cb = setting
-    kw = dict(stride=1, pad=1, sub_len=L, n_hashes=H, block_rows=blk, metric=mt, seed=seed, coarse_bits=cb,
+    L, H, cen, blk, mt = setting
+    kw = dict(stride=1, pad=1, sub_len=L, n_hashes=H, block_rows=blk, metric=mt, seed=seed,
               thresholds=conv_thresholds(calib, L, H, seed=seed, weight=w if mt == "output" else None)
               if cen else None, num_threads=threads)
     st = reuse_conv2d(layer_input(model, layer, xt).numpy(), w, b, **kw)[1] if stats else None
@@ -220,17 +212,17 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard", seeds: i
             inp = layer_input(model, layer, xt).numpy()
             calib = layer_input(model, layer, x_calib).numpy()
             thr = {(L, H, mt): conv_thresholds(calib, L, H, seed=0, weight=w if mt == "output" else None)
-                   for L, H, cen, _, mt, _ in SETTINGS if cen and L <= inp.shape[1]}
+                   for L, H, cen, _, mt in SETTINGS if cen and L <= inp.shape[1]}
             M, C, R, S = w.shape
             n = inp.shape[0]
 
             cols_np = im2col(inp, R, S, 1, 1)[0]   # im2col itself not timed
             fns = dense_fns(cols_np, w, b, inp)
-            for L, H, cen, blk, mt, cb in SETTINGS:
+            for L, H, cen, blk, mt in SETTINGS:
                 if L <= C:
-                    fns[(L, H, cen, blk, mt, cb)] = (lambda L=L, H=H, cen=cen, blk=blk, mt=mt, cb=cb: reuse_conv2d(
+                    fns[(L, H, cen, blk, mt)] = (lambda L=L, H=H, cen=cen, blk=blk, mt=mt: reuse_conv2d(
                         inp, w, b, stride=1, pad=1, sub_len=L, n_hashes=H, block_rows=blk,
-                        thresholds=thr[(L, H, mt)] if cen else None, metric=mt, coarse_bits=cb,
+                        thresholds=thr[(L, H, mt)] if cen else None, metric=mt,
                         compute_error=False, num_threads=threads))
             med, cpu = interleaved_medians(fns, repeats)
             flt = {k: faults_per_call(f) for k, f in fns.items()}
@@ -242,16 +234,16 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard", seeds: i
                          + f"; baseline = {dk}. torch conv2d (whole layer) " + ", ".join(
                              f"{k.split()[1]} {med[k] * 1e3:.2f} ms ({flt[k]:.0f} faults)" for k in CONV)
                          + f"; compared with {ck.split()[1]}\n")
-            lines.append("| sub_len | H | coarse | thresholds | metric | block rows | reuse ms (whole layer) | vs im2col matmul "
+            lines.append("| sub_len | H | thresholds | metric | block rows | reuse ms (whole layer) | vs im2col matmul "
                          "| vs conv2d | r_c (per pixel) | zero chunks | MACs exec / dense | rel. error "
                          f"| test accuracy (pts vs dense) | test, seeds 0-{seeds - 1}: mean / worst pts "
                          "| validation, seeds: mean / worst pts | CPU-time x (im2col / conv2d) | faults / call |")
-            lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
             rows, ok = [], []
             for key in fns:
                 if not isinstance(key, tuple):
                     continue
-                L, H, cen, blk, mt, cb = key
+                L, H, cen, blk, mt = key
                 acc, st = reuse_accuracy(model, layer, xt, y_test, w, b, calib, key, 0, threads)
                 pts = [100 * (acc - base_acc)] + [
                     100 * (reuse_accuracy(model, layer, xt, y_test, w, b, calib, key, sd, threads,
@@ -262,7 +254,7 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard", seeds: i
                 if np.mean(vpts) >= -VAL_MARGIN and min(vpts) >= -VAL_WORST:
                     ok.append(key)
                 rows.append((key,
-                    f"| {L} | {H} | {cb or '-'} | {'centred' if cen else 'sign (0)'} | {mt} | {blk} | {med[key] * 1e3:.2f} "
+                    f"| {L} | {H} | {'centred' if cen else 'sign (0)'} | {mt} | {blk} | {med[key] * 1e3:.2f} "
                     f"| {med[dk] / med[key]:.2f}x "
                     f"| {med[ck] / med[key]:.2f}x | {st.cluster_ratio:.3f} | {st.zero_fraction:.2f} "
                     f"| {1 / st.mac_ratio:.3f} | {st.relative_error:.3f} "
@@ -278,15 +270,14 @@ def run(threads: int, repeats: int, epochs: int, variant: str = "hard", seeds: i
                 tm, sp = next((r[2], r[3]) for r in rows if r[0] == pick)
                 lines.append(f"\nchosen on validation (the fastest with validation seeds mean >= -{VAL_MARGIN} and worst "
                              f">= -{VAL_WORST} pts): "
-                             f"sub_len {pick[0]}, H {pick[1]}, coarse {pick[5] or '-'}, "
-                             f"{'centred' if pick[2] else 'sign'}, {pick[4]}, "
+                             f"sub_len {pick[0]}, H {pick[1]}, {'centred' if pick[2] else 'sign'}, {pick[4]}, "
                              f"{pick[3]} rows: {sp:.2f}x over {dk}, test seeds-mean {tm:+.2f} pts")
             else:
                 lines.append(f"\nno setting meets the validation rule (mean >= -{VAL_MARGIN}, worst >= -{VAL_WORST} pts)")
             lines.append("")
             if probe_file and layer == "conv2" and pick is not None:
-                L, H, cen, blk, mt, cb = pick
-                np.savez(probe_file, inp=inp, w=w, b=b, L=L, H=H, blk=blk, mt=mt, cb=cb,
+                L, H, cen, blk, mt = pick
+                np.savez(probe_file, inp=inp, w=w, b=b, L=L, H=H, blk=blk, mt=mt,
                          thr=thr[(L, H, mt)] if cen else np.zeros(0, np.float32))
     return "\n".join(lines), chosen
 
@@ -300,7 +291,6 @@ def probe(path: str, threads: int, repeats: int) -> dict:
     fns = dense_fns(im2col(inp, w.shape[2], w.shape[3], 1, 1)[0], w, b, inp)
     fns["reuse"] = lambda: reuse_conv2d(inp, w, b, stride=1, pad=1, sub_len=int(d["L"]), n_hashes=int(d["H"]),
                                         block_rows=int(d["blk"]), thresholds=thr, metric=str(d["mt"]),
-                                        coarse_bits=int(d["cb"]),
                                         compute_error=False, num_threads=threads)
     with torch.inference_mode():
         med, cpu = interleaved_medians(fns, repeats)

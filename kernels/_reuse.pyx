@@ -15,8 +15,7 @@ generation, so no clearing; slots prefetched). Clusters with several members get
 R*S products in the block's table; a singleton's product (over half the clusters on noisy
 inputs) is formed per image and read back from L1/L2. Each output pixel then sums R*S
 products through a zero-padded pointer map (no branches), written straight to y (streamed
-past the caches when y is large). Products skip the zero entries of a mean. Optionally
-(coarse_bits) the singletons are then clustered again by a prefix of their codes (two levels).
+past the caches when y is large). Products skip the zero entries of a mean.
 
 The Python API is kernels/reuse.py (this file is not reuse.pyx: an extension
 kernels.reuse would shadow that module); this module checks its inputs before the C loop runs.
@@ -275,11 +274,10 @@ cdef extern from *:
      * whose codes match share a cluster. The values are rows Xr[i*ldr + 0:len]. cid[i]: the
      * sub-vector's cluster (-1 if all zero); cnt[k]: members, cent[k*len ..]: their sum. tab
      * has cap slots (a power of two >= 2 x the pass's sub-vectors) and gen is this pass's.
-     * *nc (clusters so far) and *n_zero (all-zero sub-vectors) are updated. kcode (NULL: not
-     * kept): each new cluster's code, for jr_merge_singletons. */
+     * *nc (clusters so far) and *n_zero (all-zero sub-vectors) are updated. */
     static void jr_insert(const uint64_t *code, const float *Xr, int64_t ldr, int64_t nb, int64_t len,
                           jr_slot *tab, int64_t cap, int32_t gen, int32_t *cid, float *cent,
-                          int32_t *cnt, int64_t *nc, int64_t *n_zero, uint64_t *kcode) {
+                          int32_t *cnt, int64_t *nc, int64_t *n_zero) {
         const uint64_t mask = (uint64_t)cap - 1;
         for (int64_t i = 0; i < nb && i < JR_PREFETCH; i++)
             __builtin_prefetch(&tab[((code[i] * 0x9E3779B97F4A7C15ull) >> 32) & mask]);
@@ -296,7 +294,6 @@ cdef extern from *:
                 k = (int32_t)(*nc)++;
                 tab[s].key = c; tab[s].gen = gen; tab[s].id = k;
                 cnt[k] = 1;
-                if (kcode) kcode[k] = c;
                 memcpy(cent + (int64_t)k * len, xr, sizeof(float) * (size_t)len);
             } else {
                 k = tab[s].id;
@@ -316,42 +313,8 @@ cdef extern from *:
         for (int64_t r0 = 0; r0 < nb; r0 += JR_CODE_ROWS) {
             const int64_t n = nb - r0 < JR_CODE_ROWS ? nb - r0 : JR_CODE_ROWS;
             jr_codes(X + r0 * ld, ld, 1, projT, thr, nv, n, len, code);
-            jr_insert(code, X + r0 * ld, ld, n, len, tab, cap, gen, cid + r0, cent, cnt, nc, n_zero,
-                      NULL);
+            jr_insert(code, X + r0 * ld, ld, n, len, tab, cap, gen, cid + r0, cent, cnt, nc, n_zero);
         }
-    }
-
-    /* Two-level clustering: the singletons among clusters 0..nc-1 (cnt 1; codes kcode) whose
-     * codes agree on the bits of cmask (a subset of the projections, so a coarser hash) are
-     * merged, each into the first singleton with its coarse code: at a fine H most clusters
-     * are singletons, whose products cost as much as dense, while the shared clusters keep
-     * their full-resolution codes. A merged-away cluster k gets cnt 0 and fwd[k] = the
-     * cluster it joined (fwd[k] = k otherwise); its sum is added to that cluster's. tab
-     * (cap slots, >= 2 nc) is keyed by the coarse code under the fresh generation gen.
-     * Returns how many clusters were merged away. */
-    static int64_t jr_merge_singletons(const uint64_t *kcode, int64_t nc, uint64_t cmask, int64_t len,
-                                       jr_slot *tab, int64_t cap, int32_t gen, int32_t *cnt,
-                                       float *cent, int32_t *fwd) {
-        const uint64_t mask = (uint64_t)cap - 1;
-        int64_t merged = 0;
-        for (int64_t k = 0; k < nc; k++) {
-            fwd[k] = (int32_t)k;
-            if (cnt[k] != 1) continue;
-            const uint64_t c = kcode[k] & cmask;
-            uint64_t s = ((c * 0x9E3779B97F4A7C15ull) >> 32) & mask;
-            while (tab[s].gen == gen && tab[s].key != c) s = (s + 1) & mask;
-            if (tab[s].gen != gen) {        /* the first singleton with this coarse code */
-                tab[s].key = c; tab[s].gen = gen; tab[s].id = (int32_t)k;
-                continue;
-            }
-            const int32_t r = tab[s].id;
-            cnt[r]++;
-            jr_add(cent + (int64_t)r * len, cent + k * len, len);
-            cnt[k] = 0;
-            fwd[k] = r;
-            merged++;
-        }
-        return merged;
     }
 
     #if defined(__AVX512BF16__)
@@ -668,15 +631,13 @@ cdef extern from *:
      * W3 [C, R*S*M]: W3[c][(r*S + s)*M + m] = weight[m, c, r, s]. bias [M] or NULL.
      * y NHWC [n_img, P, Q, M] (fully written). A chunk's planes of one image are turned
      * channels-last and clustered while they sit in L1.
-     * clusters / zero_px [n_blocks, n_chunks] (clusters: the live ones, after merging).
-     * coarse_bits > 0 (< the hash bits): singletons are then merged by the low coarse_bits
-     * bits of their codes (jr_merge_singletons). Returns nonzero on allocation failure. */
+     * clusters / zero_px [n_blocks, n_chunks]. Returns nonzero on allocation failure. */
     static int jr_reuse_conv(const float *x, int64_t n_img, int64_t Hh, int64_t Wd, int64_t C,
                              const float *projT, const float *thr, int nv, int64_t sub_len,
                              const float *W3, const float *bias, int64_t M, int64_t R, int64_t S,
                              int64_t stride, int64_t pad, int64_t P, int64_t Q,
                              int64_t block_imgs, float *y, int64_t *clusters, int64_t *zero_px,
-                             int nthreads, int coarse_bits) {
+                             int nthreads) {
         const int64_t n_chunks = (C + sub_len - 1) / sub_len;
         const int64_t n_blocks = (n_img + block_imgs - 1) / block_imgs;
         const int64_t px_img = Hh * Wd, out_img = P * Q, RS = R * S, hp = (int64_t)nv * 16;
@@ -712,11 +673,8 @@ cdef extern from *:
             const float **src = (const float **)malloc(sizeof(float *) * (size_t)RS);
             float *table = NULL;             /* the block's shared products, grown as needed */
             int64_t table_rows = 0;
-            /* two-level clustering only: each cluster's full code, and where merged ones went */
-            uint64_t *kcode = coarse_bits ? (uint64_t *)malloc(sizeof(uint64_t) * (size_t)cap_px) : NULL;
-            int32_t *fwd = coarse_bits ? (int32_t *)malloc(sizeof(int32_t) * (size_t)cap_px) : NULL;
             if (!jr_scratch_init(&w, cap_px, sub_len, 0) || !xs || !code || !local || !zero_row
-                    || !slot || !pmap || !src || (coarse_bits && (!kcode || !fwd))
+                    || !slot || !pmap || !src
     #if JR_HASH_BF16
                     || !xpairs || !projB
     #endif
@@ -752,21 +710,9 @@ cdef extern from *:
     #endif
                             jr_insert(code, xs, len, px_img, len, w.tab, w.cap, w.gen,
                                       w.cid + im * px_img, w.cent, w.cnt, &nc,
-                                      &zero_px[b * n_chunks + g], kcode);
+                                      &zero_px[b * n_chunks + g]);
                         }
-                        int64_t live = nc;
-                        if (coarse_bits) {
-                            const int64_t merged = jr_merge_singletons(
-                                kcode, nc, ((uint64_t)1 << coarse_bits) - 1, len, w.tab, w.cap,
-                                ++w.gen, w.cnt, w.cent, fwd);
-                            live -= merged;
-                            /* a merged-away cluster had one pixel: point it at its new cluster
-                             * (cnt 0 clusters are then read by nobody: no product, no slot) */
-                            if (merged)
-                                for (int64_t i = 0; i < ni * px_img; i++)
-                                    if (w.cid[i] >= 0) w.cid[i] = fwd[w.cid[i]];
-                        }
-                        clusters[b * n_chunks + g] = live;
+                        clusters[b * n_chunks + g] = nc;
                         /* the table: table[slot*n + rs*M + m] = mean @ W3[c0 .. c0+len] (all
                          * (r, s)) for the clusters that are reused; sized to them (a tenth of
                          * the rows or so), so it is no fresh mapping to fault in on every call */
@@ -801,7 +747,7 @@ cdef extern from *:
             jr_scratch_free(&w);
             jr_stream_done();   /* this thread's streamed rows, before the region's barrier */
             free(xs); free(code); free(table); free(local); free(zero_row); free(slot);
-            free((void *)pmap); free((void *)src); free(kcode); free(fwd);
+            free((void *)pmap); free((void *)src);
     #if JR_HASH_BF16
             free(xpairs);
     #endif
@@ -822,7 +768,7 @@ cdef extern from *:
                       const float *W3, const float *bias, int64_t M, int64_t R, int64_t S,
                       int64_t stride, int64_t pad, int64_t P, int64_t Q,
                       int64_t block_imgs, float *y, int64_t *clusters, int64_t *zero_px,
-                      int nthreads, int coarse_bits) nogil
+                      int nthreads) nogil
 
 MAX_HASHES = 64
 # True where reuse_conv_kernel hashes in bfloat16 (a build with AVX512-BF16): its codes are
@@ -911,7 +857,7 @@ def reuse_matmul_kernel(X, W, proj, int sub_len, int64_t block_rows, int nthread
 
 
 def reuse_conv_kernel(x, weight, proj, int sub_len, int stride, int pad, int64_t block_imgs,
-                      int nthreads=0, thresholds=None, bias=None, int coarse_bits=0):
+                      int nthreads=0, thresholds=None, bias=None):
     """Conv2d with deep reuse shared across kernel offsets: (y [N, M, P, Q], clusters,
     zero_px), the last two [n_blocks, n_chunks] int64 (per block of images and channel chunk:
     nonzero clusters of input pixels, all-zero pixel chunks). y is an NCHW view of
@@ -920,9 +866,6 @@ def reuse_conv_kernel(x, weight, proj, int sub_len, int stride, int pad, int64_t
     x [N, C, H, W], weight [M, C, R, S], proj [C, n_hashes] float32; sub-vectors are chunks
     of sub_len channels of one input pixel. thresholds [n_chunks, n_hashes] or None as in
     reuse_matmul_kernel; bias [M] float32 or None.
-    coarse_bits: 0 (one level), or 1..n_hashes-1: two-level clustering, the singleton
-    clusters of a block and chunk merged by the low coarse_bits bits of their codes (the
-    first coarse_bits projections); clusters counts the clusters left.
     """
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
         raise TypeError(f"x must be a 4-D float32 numpy.ndarray (NCHW), got "
@@ -937,9 +880,6 @@ def reuse_conv_kernel(x, weight, proj, int sub_len, int stride, int pad, int64_t
     cdef int H = proj.shape[1]
     if not 1 <= H <= MAX_HASHES:
         raise ValueError(f"n_hashes (proj columns) must be in 1..{MAX_HASHES}, got {H}")
-    if coarse_bits != 0 and not 1 <= coarse_bits < H:
-        raise ValueError(f"coarse_bits must be 0 (off) or in 1..{H - 1} (fewer than n_hashes), "
-                         f"got {coarse_bits}")
     if not 1 <= sub_len <= C:
         raise ValueError(f"sub_len must be in 1..{C} (the input channels), got {sub_len}")
     if stride < 1 or pad < 0:
@@ -988,7 +928,7 @@ def reuse_conv_kernel(x, weight, proj, int sub_len, int stride, int pad, int64_t
     with nogil:
         failed = jr_reuse_conv(&xv[0, 0, 0, 0], N, Hh, Wd, C, &pv[0, 0], &tv[0, 0], nv, sub_len,
                                &wv[0, 0], bp, M, R, S, stride, pad, P, Q, block_imgs,
-                               &yv[0, 0, 0, 0], &cv[0, 0], &zv[0, 0], nthreads, coarse_bits)
+                               &yv[0, 0, 0, 0], &cv[0, 0], &zv[0, 0], nthreads)
     if failed:
         raise MemoryError("reuse_conv: could not allocate per-thread scratch")
     return y, clusters, zero_px

@@ -229,7 +229,7 @@ def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
                  seed: int = 0, share: str = "pixel", block_rows: int = DEFAULT_BLOCK_ROWS,
                  centered: bool = False, thresholds: np.ndarray | None = None,
                  metric: str = "input", compute_error: bool = True,
-                 num_threads: int = 0, coarse_bits: int = 0) -> tuple[np.ndarray, ReuseStats]:
+                 num_threads: int = 0) -> tuple[np.ndarray, ReuseStats]:
     """Conv2d (NCHW, groups=1) with deep reuse. weight [M, C, R, S] float32.
 
     share="pixel": a sub-vector is a chunk of sub_len channels of one input pixel, i.e. the
@@ -247,11 +247,6 @@ def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
     [n_chunks, n_hashes].
     metric "input": Gaussian hyperplanes (Ning & Shen); "output": hyperplanes drawn through
     the weight (see projections): at the same cluster ratio, a lower output error.
-    coarse_bits (share="pixel" only): 0, one level of clusters; 1..n_hashes-1, two levels:
-    within a block and chunk, the clusters of one pixel (singletons, whose products cost as
-    much as dense) are merged when their codes agree on the first coarse_bits hash bits,
-    while clusters of several pixels keep their n_hashes-bit codes. Stats count the clusters
-    left after merging.
     """
     _check_metric(metric)
     if share not in ("pixel", "im2col"):
@@ -266,13 +261,7 @@ def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
         raise ValueError(f"bias must have shape ({M},), got {getattr(bias, 'shape', None)}")
     if not isinstance(n_hashes, (int, np.integer)) or not 1 <= n_hashes <= MAX_HASHES:
         raise ValueError(f"n_hashes must be an integer in 1..{MAX_HASHES}, got {n_hashes!r}")
-    if (not isinstance(coarse_bits, (int, np.integer))
-            or (coarse_bits != 0 and not 1 <= coarse_bits < n_hashes)):
-        raise ValueError(f"coarse_bits must be 0 (off) or an integer in 1..{n_hashes - 1} "
-                         f"(fewer than n_hashes), got {coarse_bits!r}")
     if share == "im2col":
-        if coarse_bits:
-            raise ValueError("coarse_bits is for share='pixel'")
         if thresholds is not None:
             raise ValueError("thresholds are for share='pixel'; use centered=True with share='im2col'")
         cols, P, Q = im2col(x, R, S, stride, pad)
@@ -292,7 +281,7 @@ def reuse_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
             thr = centered_thresholds(_pixel_sample(x, seed), proj, int(sub_len), seed)
         y, clusters, zeros = reuse_conv_kernel(
             x, weight, proj, int(sub_len), int(stride), int(pad), block_imgs, int(num_threads),
-            thr, None if bias is None else bias.astype(np.float32), int(coarse_bits))
+            thr, None if bias is None else bias.astype(np.float32))
         lens = np.diff(np.minimum(np.arange(0, C + sub_len, sub_len), C))[: clusters.shape[1]]
         n_sub = max(N * H * Wd * len(lens), 1)
         err = None

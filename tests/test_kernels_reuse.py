@@ -151,12 +151,11 @@ def test_bf16_rounding_helper():
     np.testing.assert_array_equal(bf16(x), [1.0, 1.0, 1 + 2**-6, 1.0, -2.5, 0.0])
 
 
-def ref_pixel_reuse(x, w, proj, sub_len, block_imgs, stride, pad, clusters=None, coarse_bits=0):
+def ref_pixel_reuse(x, w, proj, sub_len, block_imgs, stride, pad, clusters=None):
     """Reuse shared across kernel offsets = an exact conv of x with every pixel's channel
     chunk replaced by the mean of its cluster (clusters per block of images and chunk).
     clusters: a list that gets each (block, chunk)'s nonzero cluster sizes. The hash codes
-    use bfloat16 values where the kernel hashes in bfloat16 (HASH_BF16). coarse_bits > 0:
-    the clusters of one pixel are then grouped again by the first coarse_bits hash bits."""
+    use bfloat16 values where the kernel hashes in bfloat16 (HASH_BF16)."""
     N, C, H, Wd = x.shape
     xh = x.astype(np.float64).transpose(0, 2, 3, 1).copy()          # NHWC
     hx = bf16(xh) if HASH_BF16 else xh
@@ -170,11 +169,6 @@ def ref_pixel_reuse(x, w, proj, sub_len, block_imgs, stride, pad, clusters=None,
             groups: dict[bytes, list[int]] = {}
             for i in np.flatnonzero(nz):
                 groups.setdefault(keys[i].tobytes(), []).append(i)
-            if coarse_bits:
-                single = [r[0] for r in groups.values() if len(r) == 1]
-                groups = {k: r for k, r in groups.items() if len(r) > 1}
-                for i in single:        # "c" + prefix: apart from the full-length keys
-                    groups.setdefault(b"c" + keys[i][:coarse_bits].tobytes(), []).append(i)
             for rows in groups.values():
                 px[rows] = px[rows].mean(axis=0)
             if clusters is not None:
@@ -229,73 +223,6 @@ def test_singleton_and_shared_clusters_together(stride, pad):
     assert 1 in flat and max(flat) > 10
     assert st.relative_error < 1e-5 and st.zero_fraction == pytest.approx(1 / 35)
     assert st.cluster_ratio == pytest.approx((len(flat) + len(sizes)) / (6 * 35))
-
-
-def _noisy_repeats(rng, shape, n_common=3):
-    """NCHW input whose pixels are all distinct except that about half repeat one of
-    n_common patterns, with a few all-zero pixels: shared clusters, singletons and zeros."""
-    x = rng.standard_normal(shape).astype(np.float32)
-    common = rng.standard_normal((n_common, shape[1])).astype(np.float32)
-    pick = rng.random((shape[0], shape[2], shape[3])) < 0.5
-    x.transpose(0, 2, 3, 1)[pick] = common[rng.integers(0, n_common, pick.sum())]
-    x[:, :, 0, 0] = 0
-    x[1::2, :, -1, 1] = 0
-    return x
-
-
-@pytest.mark.parametrize("C,sub_len,H,coarse,shape,stride,pad,block_rows,threads", [
-    (16, 16, 40, 6, (6, 16, 5, 7), 1, 1, 70, 1),     # blocks of 2 images
-    (16, 16, 40, 6, (6, 16, 5, 7), 1, 1, 70, 2),     # the same, 2 threads
-    (16, 8, 20, 3, (5, 16, 6, 5), 2, 1, 4096, 2),    # two chunks, one block, stride 2
-    (13, 5, 12, 2, (7, 13, 3, 9), 1, 0, 27, 1),      # odd sizes: chunk of 3, one image per block
-    (6, 6, 64, 1, (4, 6, 4, 4), 1, 2, 32, 2),        # 64 hash bits, 1 coarse bit
-])
-def test_two_level_clustering_matches_reference(C, sub_len, H, coarse, shape, stride, pad,
-                                                block_rows, threads):
-    """coarse_bits: singletons merged by a prefix of their codes, shared clusters kept at
-    full resolution; the output is the conv of the mean-replaced input and the stats count
-    the clusters left (all-zero pixels: one more cluster per block and chunk)."""
-    rng = np.random.default_rng(50 + H + coarse)
-    x = _noisy_repeats(rng, shape)
-    w = rng.standard_normal((9, C, 3, 3)).astype(np.float32)
-    b = rng.standard_normal(9).astype(np.float32)
-    y, st = reuse_conv2d(x, w, b, stride=stride, pad=pad, sub_len=sub_len, n_hashes=H, seed=2,
-                         block_rows=block_rows, coarse_bits=coarse, num_threads=threads)
-    N, _, Hh, Wd = shape
-    block_imgs = max(1, block_rows // (Hh * Wd))
-    sizes, fine = [], []
-    proj = projections(C, H, 2)
-    ref = ref_pixel_reuse(x, w, proj, sub_len, block_imgs, stride, pad, sizes, coarse)
-    np.testing.assert_allclose(y, ref + b[None, :, None, None], rtol=1e-4, atol=1e-4)
-    ref_pixel_reuse(x, w, proj, sub_len, block_imgs, stride, pad, fine)
-    n_chunks = -(-C // sub_len)
-    n_blocks = -(-N // block_imgs)
-    zero_cl = sum(1 for i0 in range(0, N, block_imgs) for c0 in range(0, C, sub_len)
-                  if not x[i0:i0 + block_imgs, c0:c0 + sub_len].any(axis=1).all())
-    n_sub = N * Hh * Wd * n_chunks
-    live = sum(len(s) for s in sizes)
-    assert live < sum(len(s) for s in fine)            # some singletons were merged
-    assert max(n for s in sizes for n in s) > 1
-    assert st.cluster_ratio == pytest.approx((live + zero_cl) / n_sub)
-    lens = [min(sub_len, C - c0) for c0 in range(0, C, sub_len)]
-    assert st.macs_product == sum(len(s) * lens[i % n_chunks] for i, s in enumerate(sizes)) * 9 * 9
-    assert len(sizes) == n_blocks * n_chunks
-
-
-def test_two_level_off_is_one_level():
-    """coarse_bits=0 is the one-level kernel (bit for bit); merging only ever lowers the
-    cluster count, and a coarse code of all but one bit still leaves some singletons apart."""
-    rng = np.random.default_rng(60)
-    x = _noisy_repeats(rng, (8, 16, 6, 6))
-    w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
-    kw = dict(pad=1, sub_len=16, n_hashes=36, seed=3, block_rows=144)
-    y0, st0 = reuse_conv2d(x, w, **kw)
-    y1, st1 = reuse_conv2d(x, w, coarse_bits=0, **kw)
-    np.testing.assert_array_equal(y0, y1)
-    assert st0 == st1
-    st_c = [reuse_conv2d(x, w, coarse_bits=cb, **kw)[1].cluster_ratio for cb in (35, 12, 4)]
-    assert st0.cluster_ratio >= st_c[0] >= st_c[1] >= st_c[2]
-    assert st_c[2] < st0.cluster_ratio
 
 
 def test_large_output_is_exact_with_fine_hashes():
@@ -447,15 +374,6 @@ def test_bad_input_raises():
         reuse_conv2d(x, np.ones((4, 2, 3, 3), np.float32), sub_len=2, n_hashes=0)
     with pytest.raises(ValueError, match="stride"):
         im2col(x, 3, 3, stride=0)
-    w2 = np.ones((4, 2, 3, 3), np.float32)
-    for bad_cb in (-1, 8, 9, 2.0):                # coarse_bits: 0 or 1..n_hashes-1
-        with pytest.raises(ValueError, match="coarse_bits"):
-            reuse_conv2d(x, w2, sub_len=2, n_hashes=8, coarse_bits=bad_cb)
-    with pytest.raises(ValueError, match="coarse_bits"):
-        reuse_conv2d(x, w2, sub_len=2, n_hashes=8, coarse_bits=4, share="im2col")
-    from kernels._reuse import reuse_conv_kernel
-    with pytest.raises(ValueError, match="coarse_bits"):
-        reuse_conv_kernel(x, w2, projections(2, 8, 0), 2, 1, 1, 1, coarse_bits=8)
 
 
 # ---------------------------------------------------------------- schedule
