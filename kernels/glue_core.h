@@ -1,0 +1,80 @@
+/* C loops of kernels/glue.pyx (see there). Plain scalar loops: the pooled rows are a few
+   elements long, where vectorised loops spend their time in prologues and remainders. */
+#ifndef JC_GLUE_CORE_H
+#define JC_GLUE_CORE_H
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define JC_SCALAR __attribute__((optimize("no-tree-vectorize")))
+#else
+#define JC_SCALAR
+#endif
+
+/* Max pooling, no padding or dilation; strides in elements. */
+static JC_SCALAR void jc_max_pool(const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
+                                  int64_t xn, int64_t xc, int64_t xh, int64_t xw,
+                                  int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                  float *y, int64_t P, int64_t Q, int64_t yn, int64_t yc, int64_t yh, int64_t yw) {
+    (void)H; (void)W;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++) {
+            const float *plane = x + n * xn + c * xc;
+            float *out = y + n * yn + c * yc;
+            if (kh == 2 && kw == 2 && sh == 2 && sw == 2 && xw == 1) {
+                for (int64_t p = 0; p < P; p++) {
+                    const float *r0 = plane + 2 * p * xh, *r1 = r0 + xh;
+                    float *yr = out + p * yh;
+                    for (int64_t q = 0; q < Q; q++)
+                        yr[q * yw] = fmaxf(fmaxf(r0[2 * q], r0[2 * q + 1]), fmaxf(r1[2 * q], r1[2 * q + 1]));
+                }
+                continue;
+            }
+            for (int64_t p = 0; p < P; p++)
+                for (int64_t q = 0; q < Q; q++) {
+                    const float *win = plane + p * sh * xh + q * sw * xw;
+                    float v = win[0];
+                    for (int64_t r = 0; r < kh; r++)
+                        for (int64_t s = 0; s < kw; s++)
+                            v = fmaxf(v, win[r * xh + s * xw]);
+                    out[p * yh + q * yw] = v;
+                }
+        }
+}
+
+/* y[b, f] = sum over row f's nonzeros of data[j] * x[b, idx[j]] (+ bias[f]), then ReLU. */
+static void jc_csr_rows(const int32_t *indptr, const int32_t *idx, const float *data, int64_t F,
+                        const float *x, int64_t B, int64_t xb, const float *bias, int relu,
+                        float *y, int64_t yb, int64_t yf) {
+    int64_t b = 0;
+    for (; b + 4 <= B; b += 4) {  /* four rows at once: four independent sums per weight load */
+        const float *x0 = x + b * xb, *x1 = x0 + xb, *x2 = x1 + xb, *x3 = x2 + xb;
+        for (int64_t f = 0; f < F; f++) {
+            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+            for (int32_t j = indptr[f]; j < indptr[f + 1]; j++) {
+                const float w = data[j];
+                const int32_t k = idx[j];
+                a0 += w * x0[k]; a1 += w * x1[k]; a2 += w * x2[k]; a3 += w * x3[k];
+            }
+            float *yr = y + b * yb + f * yf;
+            float v[4] = {a0, a1, a2, a3};
+            for (int i = 0; i < 4; i++) {
+                if (bias) v[i] += bias[f];
+                if (relu && v[i] < 0.0f) v[i] = 0.0f;
+                yr[i * yb] = v[i];
+            }
+        }
+    }
+    for (; b < B; b++) {
+        const float *xr = x + b * xb;
+        for (int64_t f = 0; f < F; f++) {
+            float acc = 0.0f;
+            for (int32_t j = indptr[f]; j < indptr[f + 1]; j++)
+                acc += data[j] * xr[idx[j]];
+            if (bias) acc += bias[f];
+            if (relu && acc < 0.0f) acc = 0.0f;
+            y[b * yb + f * yf] = acc;
+        }
+    }
+}
+#endif
