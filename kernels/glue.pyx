@@ -6,6 +6,8 @@ runner"):
 - ``max_pool``: max pooling without padding or dilation over [N, C, H, W] of any element
   strides (the runner's channel-major conv outputs included), into a given output of any
   element strides: no copy of the input, no allocation.
+- ``global_pool``: GlobalAveragePool / GlobalMaxPool over [N, C, H, W] of any element strides
+  into a given [N, C, 1, 1] output.
 - ``csr_rows``: Y[B, F] = X[B, K] @ W.T (+ bias, then optionally max(., 0)) for a CSR W[F, K]
   and few rows B: per output, a gather-dot over the row's nonzeros. It executes exactly
   ``W.macs(B)`` = nnz * B multiply-adds, as spmm does, without spmm's panel packing (which
@@ -29,6 +31,8 @@ cdef extern from "glue_core.h" nogil:
     void jc_max_pool(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t xn, int64_t xc,
                      int64_t xh, int64_t xw, int64_t kh, int64_t kw, int64_t sh, int64_t sw, float *y,
                      int64_t P, int64_t Q, int64_t yn, int64_t yc, int64_t yh, int64_t yw)
+    void jc_global_pool(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t xn, int64_t xc,
+                        int64_t xh, int64_t xw, int avg, float *y, int64_t yn, int64_t yc)
     void jc_csr_rows(const int32_t *indptr, const int32_t *idx, const float *data, int64_t F, const float *x,
                      int64_t B, int64_t xb, const float *bias, int relu, float *y, int64_t yb, int64_t yf)
 
@@ -68,6 +72,31 @@ def max_pool(x, kernel, stride, out):
     cdef Py_ssize_t yn = out.strides[0] // 4, yc = out.strides[1] // 4, yh = out.strides[2] // 4, yw = out.strides[3] // 4
     with nogil:
         jc_max_pool(xp, N, C, H, W, xn, xc, xh, xw, kh, kw, sh, sw, yp, P, Q, yn, yc, yh, yw)
+    return out
+
+
+def global_pool(x, bint average, out):
+    """out[n, c, 0, 0] = the mean (``average``) or max of x[n, c, :, :]. x, out: float32 4-D
+    arrays of any element strides; out must be [N, C, 1, 1] and not overlap x. Returns out."""
+    if not (isinstance(x, np.ndarray) and isinstance(out, np.ndarray)):
+        raise TypeError("x and out must be numpy.ndarrays")
+    if x.dtype != np.float32 or out.dtype != np.float32 or x.ndim != 4 or out.ndim != 4:
+        raise TypeError("x and out must be 4-D float32 arrays")
+    if not (_float_strides(x) and _float_strides(out)) or not out.flags.writeable:
+        raise ValueError("x and out need whole-element strides and out must be writeable")
+    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    if H < 1 or W < 1:
+        raise ValueError(f"global pooling needs a non-empty plane, got {H}x{W}")
+    if tuple(out.shape) != (N, C, 1, 1):
+        raise ValueError(f"out must have shape {(N, C, 1, 1)}, got {tuple(out.shape)}")
+    if np.may_share_memory(x, out):
+        raise ValueError("out must not overlap x")
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(<cnp.ndarray>x)
+    cdef float *yp = <float *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef Py_ssize_t xn = x.strides[0] // 4, xc = x.strides[1] // 4, xh = x.strides[2] // 4, xw = x.strides[3] // 4
+    cdef Py_ssize_t yn = out.strides[0] // 4, yc = out.strides[1] // 4
+    with nogil:
+        jc_global_pool(xp, N, C, H, W, xn, xc, xh, xw, average, yp, yn, yc)
     return out
 
 

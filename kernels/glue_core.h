@@ -77,4 +77,37 @@ static void jc_csr_rows(const int32_t *indptr, const int32_t *idx, const float *
         }
     }
 }
+
+/* y[n, c] = mean (or max) of the plane x[n, c, :, :]; strides in elements. Sums in float,
+   vectorised (partial sums in every lane) along a contiguous plane or a unit-stride row. */
+static void jc_global_pool(const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
+                           int64_t xn, int64_t xc, int64_t xh, int64_t xw, int avg,
+                           float *y, int64_t yn, int64_t yc) {
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++) {
+            const float *plane = x + n * xn + c * xc;
+            double total = 0.0;
+            float best = plane[0];
+            if (avg && xw == 1 && xh == W) {  /* a contiguous plane: one loop over H*W */
+                float acc = 0.0f;
+                for (int64_t k = 0; k < H * W; k++) acc += plane[k];
+                y[n * yn + c * yc] = acc / (float)(H * W);
+                continue;
+            }
+            for (int64_t h = 0; h < H; h++) {
+                const float *row = plane + h * xh;
+                if (avg) {
+                    float acc = 0.0f;
+                    if (xw == 1)
+                        for (int64_t w = 0; w < W; w++) acc += row[w];
+                    else
+                        for (int64_t w = 0; w < W; w++) acc += row[w * xw];
+                    total += acc;
+                } else {
+                    for (int64_t w = 0; w < W; w++) best = fmaxf(best, row[w * xw]);
+                }
+            }
+            y[n * yn + c * yc] = avg ? (float)(total / (double)(H * W)) : best;
+        }
+}
 #endif

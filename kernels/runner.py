@@ -44,7 +44,7 @@ from onnx import numpy_helper
 from kernels.conv import CompactWeight, compact_channels, use_skinny
 from kernels.direct_conv import direct_conv
 from kernels.formats import BSRMatrix, CSRMatrix
-from kernels.glue import csr_rows, max_pool
+from kernels.glue import csr_rows, global_pool, max_pool
 from kernels.reuse import reuse_conv2d
 from kernels.slide import HashedLinear
 from kernels.sparse_gemm import skinny_gemm, spmm, spmm_im2col
@@ -262,6 +262,22 @@ class _Pool:
         if self.kind == "avg":
             out /= self.divisor
         return out
+
+
+class _GlobalPool:
+    """GlobalAveragePool / GlobalMaxPool of a float32 [N, C, H, W] on kernels.glue.global_pool into
+    a [N, C, 1, 1] buffer kept between calls (so a Flatten after it is a view); NumPy otherwise."""
+
+    def __init__(self, average: bool, fallback, attrs: dict):
+        self.average, self.fallback, self.attrs, self.out = average, fallback, attrs, None
+
+    def __call__(self, ins) -> np.ndarray:
+        x = ins[0]
+        if x.dtype != np.float32 or x.ndim != 4 or x.shape[2] * x.shape[3] == 0:
+            return self.fallback(x, self.attrs)
+        if self.out is None or self.out.shape[:2] != x.shape[:2]:
+            self.out = np.empty(x.shape[:2] + (1, 1), np.float32)
+        return global_pool(x, self.average, self.out)
 
 
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
@@ -836,6 +852,8 @@ def _numpy_op(op: str, a: dict, name: str):
     if op in ("MaxPool", "AveragePool"):
         pool = _Pool(a, "max" if op == "MaxPool" else "avg")
         return lambda ins: pool(ins[0])
+    if op in ("GlobalAveragePool", "GlobalMaxPool"):
+        return _GlobalPool(op == "GlobalAveragePool", SIMPLE_OPS[op], a)
     if op == "Flatten":  # a view wherever the layout allows (see _ConvStep.batch_major)
         axis = a.get("axis", 1)
         if axis == 1:

@@ -125,3 +125,43 @@ def test_pool_output_buffer_follows_a_new_batch():
         want = sess.run(None, {"x": x})[0]
         got = runner.run({"x": x})[0]
         assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channel-major", "sliced"])
+def test_global_pool_matches_numpy(layout):
+    from kernels.glue import global_pool
+
+    rng = np.random.default_rng(2)
+    if layout == "nchw":
+        x = rng.standard_normal((3, 5, 7, 6)).astype(np.float32)
+    elif layout == "channel-major":
+        x = rng.standard_normal((5, 3, 7, 6)).astype(np.float32).transpose(1, 0, 2, 3)
+    else:
+        x = rng.standard_normal((3, 5, 7, 12)).astype(np.float32)[:, :, :, ::2]
+    out = np.full((3, 5, 1, 1), np.nan, np.float32)
+    np.testing.assert_allclose(global_pool(x, True, out), x.astype(np.float64).mean(axis=(2, 3), keepdims=True),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(global_pool(x, False, out), x.max(axis=(2, 3), keepdims=True))
+    with pytest.raises(ValueError, match="out must have shape"):
+        global_pool(x, True, np.zeros((3, 5, 1), np.float32)[..., None][:, :4])
+
+
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+def test_runner_global_pool_then_flatten_is_a_view(op):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 2, 3, 3)).astype(np.float32) * (rng.random((6, 2, 3, 3)) < 0.3)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node(op, ["c"], ["g"], name="gpool"),
+             helper.make_node("Flatten", ["g"], ["y"], axis=1, name="flatten")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    runner, sess = GraphRunner(model), ort.InferenceSession(model.SerializeToString())
+    for batch in (1, 4, 2):
+        x = rng.standard_normal((batch, 2, 5, 5)).astype(np.float32)
+        want = sess.run(None, {"x": x})[0]
+        got = runner.run({"x": x})[0]
+        assert got.shape == want.shape and np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+        vals, slot = runner._vals, runner._g.slot
+        assert np.shares_memory(vals[slot["y"]], vals[slot["g"]])
+        assert {r.name: r for r in runner.last_run}["gpool"].activation_bytes == batch * 6 * (25 + 1) * 4
