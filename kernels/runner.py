@@ -19,6 +19,13 @@ slots (no name lookups, attribute parsing or weight conversion per call):
   any strides, NumPy ops keep that layout, so no transpose is ever copied; 1x1 stride-1 dense
   convolutions read that layout as their im2col matrix without a copy.
 
+Between the weight layers, small C loops (kernels.glue) take what NumPy's per-call and per-row
+overhead makes slow on small tensors: max pooling without padding and global pooling write into
+buffers kept between calls, in the input's layout; a direct conv whose output only feeds a
+Flatten(axis=1) writes [N, M, P, Q] in C order, so the Flatten is a view; a CSR Gemm / MatMul on
+at most ``CSR_ROWS_MAX`` rows runs on ``csr_rows`` (bias and a leading ReLU inside), which
+executes the same nnz x rows MACs as spmm.
+
 Fusion does not change what is counted: ``last_run`` still has one ``LayerRun`` per ONNX node,
 with the MACs and the activation bytes of the unfused node (an absorbed node has format
 "fused" and 0 seconds; its host's seconds include it). Outputs are returned as fresh
@@ -199,7 +206,8 @@ class _Pool:
     R*S whole-array NumPy calls that keep the input's memory layout. The geometry (pads,
     slices, the divisor) is worked out once per input shape."""
 
-    def __init__(self, attrs: dict, kind: str):
+    def __init__(self, attrs: dict, kind: str, glue: bool = True):
+        self.glue = glue
         self.kernel = tuple(attrs["kernel_shape"])
         if len(self.kernel) != 2:
             raise ValueError(f"only 2-D pooling is supported, got kernel_shape {self.kernel}")
@@ -231,7 +239,7 @@ class _Pool:
         """Max pooling without padding or dilation runs on kernels.glue.max_pool into a buffer
         kept between calls, in the input's layout (channel-major stays channel-major)."""
         self.fast = None
-        if self.kind != "max" or self.pads is not None or self.dil != (1, 1) or x.dtype != np.float32:
+        if not self.glue or self.kind != "max" or self.pads is not None or self.dil != (1, 1) or x.dtype != np.float32:
             return
         n, c = x.shape[:2]
         (kh, kw), (sh, sw) = self.kernel, self.strides
@@ -509,7 +517,7 @@ class _ConvStep:
     and an epilogue; writes [M, N*P*Q] into a kept buffer and hands on its [N, M, P, Q] view."""
 
     def __init__(self, index: int, node: onnx.NodeProto, g: _Graph, mode: str, threads: int,
-                 fuse: bool, claimed: set[int], nodes, direct: bool = True):
+                 fuse: bool, claimed: set[int], nodes, direct: bool = True, glue: bool = True):
         self.g, self.index, self.node, self.threads = g, index, node, threads
         name = g.names[index]
         a = _attrs(node)
@@ -541,7 +549,7 @@ class _ConvStep:
         # A direct conv whose output only feeds a Flatten(axis=1) writes [N, M, P, Q] C order (the
         # kernel takes either layout), so the Flatten is a view instead of a transposing copy.
         j = g.sole_consumer(out)
-        self.batch_major = (self.format == "direct" and j is not None and nodes[j].op_type == "Flatten"
+        self.batch_major = (glue and self.format == "direct" and j is not None and nodes[j].op_type == "Flatten"
                             and nodes[j].domain in ("", "ai.onnx") and _attrs(nodes[j]).get("axis", 1) == 1)
         self.shape = None
 
@@ -699,8 +707,8 @@ class _GemmStep:
     """Gemm (transA=0) or MatMul with a constant 2-D weight, bias and epilogue fused."""
 
     def __init__(self, index: int, node: onnx.NodeProto, g: _Graph, mode: str, threads: int,
-                 fuse: bool, claimed: set[int], nodes):
-        self.g, self.index, self.node, self.threads = g, index, node, threads
+                 fuse: bool, claimed: set[int], nodes, glue: bool = True):
+        self.g, self.index, self.node, self.threads, self.glue = g, index, node, threads, glue
         a = _attrs(node)
         b = g.constants[node.input[1]].astype(np.float32)
         w2 = b if (node.op_type == "Gemm" and a.get("transB", 0)) else b.T  # [F, K]
@@ -738,7 +746,7 @@ class _GemmStep:
         if self.format == "dense":
             self.flat = np.empty((rows, self.features), np.float32)
             self.view = self.flat
-        elif self.format == "csr" and rows <= CSR_ROWS_MAX:  # csr_rows writes [B, F]
+        elif self.glue and self.format == "csr" and rows <= CSR_ROWS_MAX:  # csr_rows writes [B, F]
             self.flat = np.empty((rows, self.features), np.float32)
             self.view = self.flat
         else:  # the kernels produce [F, B]; hand on its [B, F] view
@@ -747,7 +755,7 @@ class _GemmStep:
         if self.format == "compact":
             self.kept = np.empty((self.operator.weight.shape[0], rows), np.float32)
         self.bias_in_place = True
-        self.on_rows = self.format == "csr" and rows <= CSR_ROWS_MAX
+        self.on_rows = self.glue and self.format == "csr" and rows <= CSR_ROWS_MAX
         self.rows_bias = self.bias if self.bias is not None and self.bias.shape == (self.features,) else None
         self.rows_relu = self.on_rows and (self.bias is None or self.rows_bias is not None) and bool(
             self.epilogue.ops) and self.epilogue.ops[0] == ("relu",)
@@ -847,12 +855,12 @@ class _SimpleStep(_NodeStep):
         vals[self.out_slots[0]] = self.fn([vals[i] if i >= 0 else None for i in self.in_slots])
 
 
-def _numpy_op(op: str, a: dict, name: str):
+def _numpy_op(op: str, a: dict, name: str, glue: bool = True):
     """The prepared function of a non-weight op: ins -> output (a single array)."""
     if op in ("MaxPool", "AveragePool"):
-        pool = _Pool(a, "max" if op == "MaxPool" else "avg")
+        pool = _Pool(a, "max" if op == "MaxPool" else "avg", glue)
         return lambda ins: pool(ins[0])
-    if op in ("GlobalAveragePool", "GlobalMaxPool"):
+    if op in ("GlobalAveragePool", "GlobalMaxPool") and glue:
         return _GlobalPool(op == "GlobalAveragePool", SIMPLE_OPS[op], a)
     if op == "Flatten":  # a view wherever the layout allows (see _ConvStep.batch_major)
         axis = a.get("axis", 1)
@@ -956,15 +964,18 @@ class GraphRunner:
     to the sparse kernels. ``fuse=False`` runs every node as its own step (same outputs within
     rounding, same counts; for checking the fusion). ``direct=False`` keeps every sparse conv on
     the im2col kernels instead of the direct convolution where ``use_direct`` picks it (same
-    outputs within rounding; for measuring that choice)."""
+    outputs within rounding; for measuring that choice). ``glue=False`` turns off the kernels.glue
+    fast paths between the weight layers (max / global pooling on NumPy, every conv output
+    channel-major, every CSR Gemm on spmm; same outputs within rounding, same counts; for
+    measuring them)."""
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, *, mode: str = "auto", threads: int = 1,
-                 fuse: bool = True, direct: bool = True):
+                 fuse: bool = True, direct: bool = True, glue: bool = True):
         if mode not in ("auto", "dense"):
             raise ValueError(f"mode must be 'auto' or 'dense', got {mode!r}")
         proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
         self.graph = proto.graph
-        self.mode, self.threads, self.fuse, self.direct = mode, threads, fuse, direct
+        self.mode, self.threads, self.fuse, self.direct, self.glue = mode, threads, fuse, direct, glue
         self.names = layer_names(self.graph)
         for name, node in zip(self.names, self.graph.node):
             if (node.domain, node.op_type) in CUSTOM_OPS:
@@ -1019,12 +1030,12 @@ class GraphRunner:
         if op == "Conv":
             if len(node.input) > 1 and node.input[1] in g.constants and (len(node.input) < 3 or not node.input[2]
                                                  or node.input[2] in g.constants):
-                step = _ConvStep(i, node, g, self.mode, self.threads, self.fuse, claimed, nodes, self.direct)
+                step = _ConvStep(i, node, g, self.mode, self.threads, self.fuse, claimed, nodes, self.direct, self.glue)
                 self.packed[name] = (step.format, step.packed)
                 return step
             return _NodeStep(i, node, g, _numpy_conv(name, a))
         if op in ("Gemm", "MatMul") and self._gemm_on_kernels(node, a):
-            step = _GemmStep(i, node, g, self.mode, self.threads, self.fuse, claimed, nodes)
+            step = _GemmStep(i, node, g, self.mode, self.threads, self.fuse, claimed, nodes, self.glue)
             self.packed[name] = (step.format, step.packed)
             return step
         if op == "Gemm":
@@ -1032,8 +1043,8 @@ class GraphRunner:
         if op == "MatMul":
             return _NodeStep(i, node, g, _numpy_matmul)
         if len([t for t in node.output if t]) == 1:
-            return _SimpleStep(i, node, g, _numpy_op(op, a, name))
-        fn = _numpy_op(op, a, name)
+            return _SimpleStep(i, node, g, _numpy_op(op, a, name, self.glue))
+        fn = _numpy_op(op, a, name, self.glue)
         return _NodeStep(i, node, g, lambda ins: ([fn(ins)], 0, 0, "numpy", 0))
 
     def _gemm_on_kernels(self, node: onnx.NodeProto, a: dict) -> bool:

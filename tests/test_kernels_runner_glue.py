@@ -165,3 +165,18 @@ def test_runner_global_pool_then_flatten_is_a_view(op):
         vals, slot = runner._vals, runner._g.slot
         assert np.shares_memory(vals[slot["y"]], vals[slot["g"]])
         assert {r.name: r for r in runner.last_run}["gpool"].activation_bytes == batch * 6 * (25 + 1) * 4
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_glue_off_gives_the_same_outputs_and_counts(batch):
+    rng = np.random.default_rng(7)
+    model, _ = _cnn(rng)
+    x = rng.standard_normal((batch, 1, 8, 8)).astype(np.float32)
+    on, off = GraphRunner(model), GraphRunner(model, glue=False)
+    a, b = on.run({"x": x})[0], off.run({"x": x})[0]
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+    strip = lambda runs: [(r.name, r.format, r.macs_executed, r.dense_macs, r.weight_bytes, r.activation_bytes)
+                          for r in runs]
+    assert strip(on.last_run) == strip(off.last_run)
+    step = next(s for s in off._steps if off.names[s.index] == "conv3")
+    assert not step.batch_major
