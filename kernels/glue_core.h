@@ -6,10 +6,27 @@
 #include <stdint.h>
 
 #if defined(__GNUC__) && !defined(__clang__)
-#define JC_SCALAR __attribute__((optimize("no-tree-vectorize")))
+#define JC_SCALAR __attribute__((optimize("no-tree-vectorize", "no-wrapv")))
 #else
 #define JC_SCALAR
 #endif
+
+/* 2x2 windows at stride 2 over rows of unit stride, into output rows of unit stride. */
+static JC_SCALAR void jc_max_pool_2x2(const float *x, int64_t N, int64_t C, int64_t xn, int64_t xc, int64_t xh,
+                                      float *y, int64_t P, int64_t Q, int64_t yn, int64_t yc, int64_t yh) {
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++) {
+            const float *plane = x + n * xn + c * xc;
+            float *out = y + n * yn + c * yc;
+            for (int64_t p = 0; p < P; p++) {
+                const float *restrict r0 = plane + 2 * p * xh;
+                const float *restrict r1 = r0 + xh;
+                float *restrict yr = out + p * yh;
+                for (int64_t q = 0; q < Q; q++)
+                    yr[q] = fmaxf(fmaxf(r0[2 * q], r0[2 * q + 1]), fmaxf(r1[2 * q], r1[2 * q + 1]));
+            }
+        }
+}
 
 /* Max pooling, no padding or dilation; strides in elements. */
 static JC_SCALAR void jc_max_pool(const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
@@ -17,6 +34,10 @@ static JC_SCALAR void jc_max_pool(const float *x, int64_t N, int64_t C, int64_t 
                                   int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                                   float *y, int64_t P, int64_t Q, int64_t yn, int64_t yc, int64_t yh, int64_t yw) {
     (void)H; (void)W;
+    if (kh == 2 && kw == 2 && sh == 2 && sw == 2 && xw == 1 && yw == 1) {
+        jc_max_pool_2x2(x, N, C, xn, xc, xh, y, P, Q, yn, yc, yh);
+        return;
+    }
     for (int64_t n = 0; n < N; n++)
         for (int64_t c = 0; c < C; c++) {
             const float *plane = x + n * xn + c * xc;
