@@ -83,7 +83,7 @@ DIRECT_STRIDED_MIN_TAPS = 9
 # A CSR Gemm / MatMul on at most this many rows runs on kernels.glue.csr_rows (a gather-dot per
 # output, bias and a leading ReLU inside, straight into a [rows, F] buffer) instead of spmm,
 # whose 64-column panel packing dominates at few rows: the digits CNN's 10 x 512 fc at 10%
-# density, one thread, 3.0 / 9.4 us vs spmm's 6.8 / 23 us at 1 / 32 rows (plus its bias pass).
+# density, one thread, 3.0 / 8.8 us vs spmm's 6.8 / 23 us at 1 / 32 rows (plus its bias pass).
 # Both execute nnz x rows multiply-adds.
 CSR_ROWS_MAX = 32
 
