@@ -23,8 +23,8 @@ Between the weight layers, small C loops (kernels.glue) take what NumPy's per-ca
 overhead makes slow on small tensors: max pooling without padding and global pooling write into
 buffers kept between calls, in the input's layout; a direct conv whose output only feeds a
 Flatten(axis=1) writes [N, M, P, Q] in C order, so the Flatten is a view; a CSR Gemm / MatMul on
-at most ``CSR_ROWS_MAX`` rows runs on ``csr_rows`` (bias and a leading ReLU inside), which
-executes the same nnz x rows MACs as spmm.
+one row, or with few outputs on up to ``CSR_ROWS_MAX`` rows, runs on ``csr_rows`` (bias and a
+leading ReLU inside), which executes the same nnz x rows MACs as spmm.
 
 Fusion does not change what is counted: ``last_run`` still has one ``LayerRun`` per ONNX node,
 with the MACs and the activation bytes of the unfused node (an absorbed node has format
@@ -80,12 +80,15 @@ SPARSE_FORMATS = ("csr", "bsr4x4", "bsr4x1", "direct")
 #   work): those stay on the im2col kernels.
 DIRECT_STRIDED_MAX_K = 576
 DIRECT_STRIDED_MIN_TAPS = 9
-# A CSR Gemm / MatMul on at most this many rows runs on kernels.glue.csr_rows (a gather-dot per
-# output, bias and a leading ReLU inside, straight into a [rows, F] buffer) instead of spmm,
-# whose 64-column panel packing dominates at few rows: the digits CNN's 10 x 512 fc at 10%
-# density, one thread, 3.0 / 8.8 us vs spmm's 6.8 / 23 us at 1 / 32 rows (plus its bias pass).
-# Both execute nnz x rows multiply-adds.
-CSR_ROWS_MAX = 32
+# A CSR Gemm / MatMul runs on kernels.glue.csr_rows (a gather-dot per output, bias and a leading
+# ReLU inside, straight into a [rows, F] buffer) instead of spmm on one row, or on up to
+# CSR_ROWS_MAX rows when it has at most CSR_ROWS_FEATURES outputs; both execute nnz x rows MACs.
+# Measured (one thread, 90% magnitude-pruned weights, kernel calls only): on one row csr_rows took
+# 0.4-0.7x spmm's time from 10 x 512 to 4096 x 4096; with 10 outputs (the digits CNN's 10 x 512
+# fc) 0.2-0.4x at 8-128 rows (spmm's 64-column panels are built for many output rows); with
+# 64-256 outputs spmm wins from 2-8 rows on (256 x 256: 1.2x-6x at 2-32 rows).
+CSR_ROWS_MAX = 128
+CSR_ROWS_FEATURES = 16
 
 
 @dataclass
@@ -742,11 +745,15 @@ class _GemmStep:
             self.macs_per_row = self.packed.macs(1)
         self.rows = None
 
+    def _use_rows(self, rows: int) -> bool:
+        return self.glue and self.format == "csr" and (
+            rows == 1 or (rows <= CSR_ROWS_MAX and self.features <= CSR_ROWS_FEATURES))
+
     def _plan(self, rows: int) -> None:
         if self.format == "dense":
             self.flat = np.empty((rows, self.features), np.float32)
             self.view = self.flat
-        elif self.glue and self.format == "csr" and rows <= CSR_ROWS_MAX:  # csr_rows writes [B, F]
+        elif self._use_rows(rows):  # csr_rows writes [B, F]
             self.flat = np.empty((rows, self.features), np.float32)
             self.view = self.flat
         else:  # the kernels produce [F, B]; hand on its [B, F] view
@@ -755,7 +762,7 @@ class _GemmStep:
         if self.format == "compact":
             self.kept = np.empty((self.operator.weight.shape[0], rows), np.float32)
         self.bias_in_place = True
-        self.on_rows = self.glue and self.format == "csr" and rows <= CSR_ROWS_MAX
+        self.on_rows = self._use_rows(rows)
         self.rows_bias = self.bias if self.bias is not None and self.bias.shape == (self.features,) else None
         self.rows_relu = self.on_rows and (self.bias is None or self.rows_bias is not None) and bool(
             self.epilogue.ops) and self.epilogue.ops[0] == ("relu",)

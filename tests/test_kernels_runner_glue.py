@@ -180,3 +180,21 @@ def test_glue_off_gives_the_same_outputs_and_counts(batch):
     assert strip(on.last_run) == strip(off.last_run)
     step = next(s for s in off._steps if off.names[s.index] == "conv3")
     assert not step.batch_major
+
+
+def test_csr_rows_rule():
+    from kernels.runner import CSR_ROWS_FEATURES
+
+    rng = np.random.default_rng(11)
+    for features, rows, on_rows in ((64, 1, True), (64, 2, False), (CSR_ROWS_FEATURES, CSR_ROWS_MAX, True),
+                                    (CSR_ROWS_FEATURES, CSR_ROWS_MAX + 1, False)):
+        w = rng.standard_normal((features, 40)).astype(np.float32) * (rng.random((features, 40)) < 0.1)
+        graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1, name="fc")], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, 40])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(w, "w")])
+        runner = GraphRunner(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+        x = rng.standard_normal((rows, 40)).astype(np.float32)
+        np.testing.assert_allclose(runner.run({"x": x})[0], x @ w.T, rtol=1e-5, atol=1e-5)
+        assert runner._steps[0].on_rows == on_rows
+        assert runner.last_run[0].format == "csr" and runner.last_run[0].macs_executed == np.count_nonzero(w) * rows
