@@ -19,7 +19,8 @@ for), one thread each (BLAS too), interleaved rounds (benchmarks/timing.py), med
 and of this thread's CPU time. Two more tables measure one conv at a time: the direct sparse
 convolution (kernels.direct_conv) against the im2col CSR / 4x4-block kernels, behind
 ``kernels.runner.use_direct``, and the dense-vs-CSR crossover behind
-``kernels.runner.DENSE_ABOVE``. Writes the "## Whole-model runner" section of RESULTS.md, with
+``kernels.runner.DENSE_ABOVE``. The runner is also timed with ``glue=False`` (pooling, flatten
+and the small CSR fc without kernels/glue.pyx) in the same rounds. Writes the "## Whole-model runner" section of RESULTS.md, with
 the previous recorded figures beside the new ones (``--quick`` prints without writing).
 """
 from __future__ import annotations
@@ -52,6 +53,14 @@ BEFORE = {
     ("ResNet-18-style, 90% magnitude", 8): (2.14, 2.14, "csr x16"),
     ("ResNet-18-style, 90% in 4x4 blocks", 1): (2.53, 2.52, "bsr4x4 x14, csr x2"),
     ("ResNet-18-style, 90% in 4x4 blocks", 8): (2.41, 2.41, "bsr4x4 x14, csr x2"),
+}
+# The figures recorded before the glue fast paths (kernels/glue.pyx: max / global pooling into kept
+# buffers, a Flatten that is a view, the small-batch CSR fc on csr_rows): this script, 2026-12-01
+# 13:40 UTC, load 0.6-0.7: speed-up vs onnxruntime dense (wall).
+GLUE_BEFORE = {
+    ("digits CNN", 1): 0.28, ("digits CNN", 32): 0.79, ("tiny ResNet", 1): 1.26, ("tiny ResNet", 32): 1.84,
+    ("ResNet-18-style, 90% magnitude", 1): 2.94, ("ResNet-18-style, 90% magnitude", 8): 3.09,
+    ("ResNet-18-style, 90% in 4x4 blocks", 1): 3.78, ("ResNet-18-style, 90% in 4x4 blocks", 8): 3.33,
 }
 # Convs of the direct-vs-im2col table: (label, C, M, kernel, stride, output size); pad k // 2.
 DIRECT_CONVS = (
@@ -245,34 +254,57 @@ def bench_model(label: str, dense: onnx.ModelProto, pruned: onnx.ModelProto, bat
     ort_pruned = ort.InferenceSession(p.SerializeToString(), options)
     runner = GraphRunner(p)
     im2col = GraphRunner(p, direct=False)  # every sparse conv on the im2col kernels, as before
+    noglue = GraphRunner(p, glue=False)  # pooling, flatten and the small CSR fc as before kernels/glue.pyx
     ref = ort_pruned.run(None, feeds)[0]
     err = float(np.abs(runner.run(feeds)[0] - ref).max() / np.abs(ref).max())
     wall, cpu = interleaved_medians({"ort dense": lambda: ort_dense.run(None, feeds),
                                      "ort pruned": lambda: ort_pruned.run(None, feeds),
                                      "kernels pruned": lambda: runner.run(feeds),
-                                     "kernels im2col only": lambda: im2col.run(feeds)}, repeats)
+                                     "kernels im2col only": lambda: im2col.run(feeds),
+                                     "kernels no glue": lambda: noglue.run(feeds)}, repeats)
     runs = runner.last_run
     weight_s = sum(r.seconds for r in runs if r.dense_macs)
-    # where a call's time goes (medians of 21 calls): conv steps, the other steps, and the
-    # runner's own per-call work (feeding the inputs, copying the outputs out)
-    parts = []
+    # where a call's time goes (medians of 21 calls): conv steps, the other steps (and per op
+    # type), and the runner's own per-call work (feeding the inputs, copying the outputs out)
+    split = {"glue": call_split(runner, feeds), "no glue": call_split(noglue, feeds)}
+    ort_warm = []
     for _ in range(21):
         t = time.perf_counter()
-        runner.run(feeds)
-        total = time.perf_counter() - t
-        conv = sum(r.seconds for r in runner.last_run if r.op == "Conv")
-        parts.append((conv, sum(r.seconds for r in runner.last_run) - conv, total))
-    conv_s, other_s, total_s = (float(np.median([p[i] for p in parts])) for i in range(3))
+        ort_dense.run(None, feeds)
+        ort_warm.append(time.perf_counter() - t)
+    split["ort dense"] = float(np.median(ort_warm))
     formats: dict[str, int] = {}
     for r in runs:
         if r.dense_macs:
             formats[r.format] = formats.get(r.format, 0) + 1
     row = dict(model=label, batch=batch, wall=wall, cpu=cpu, err=err, share=weight_s / sum(r.seconds for r in runs),
                formats=", ".join(f"{k} x{v}" for k, v in sorted(formats.items())), load=os.getloadavg()[0],
-               steps=len(runner.steps), nodes=len(runs), conv_s=conv_s, other_s=other_s, total_s=total_s)
+               steps=len(runner.steps), nodes=len(runs), split=split)
     print(label, batch, {k: f"{v * 1e3:.3f}" for k, v in wall.items()}, f"err {err:.1e}", row["formats"],
           f"load {row['load']:.2f}", flush=True)
     return row
+
+
+def call_split(runner, feeds) -> dict:
+    """Medians over 21 calls of the whole call, its conv steps, its other steps (and those per op
+    type), in seconds."""
+    parts, by_op = [], {}
+    for _ in range(21):
+        t = time.perf_counter()
+        runner.run(feeds)
+        total = time.perf_counter() - t
+        runs = runner.last_run
+        conv = sum(r.seconds for r in runs if r.op == "Conv")
+        parts.append((conv, sum(r.seconds for r in runs) - conv, total))
+        ops: dict[str, float] = {}
+        for r in runs:
+            if r.op != "Conv" and r.format != "fused":
+                ops[r.op] = ops.get(r.op, 0.0) + r.seconds
+        for op, sec in ops.items():
+            by_op.setdefault(op, []).append(sec)
+    conv_s, other_s, total_s = (float(np.median([p[i] for p in parts])) for i in range(3))
+    return dict(conv_s=conv_s, other_s=other_s, total_s=total_s,
+                by_op={op: float(np.median(v)) for op, v in by_op.items()})
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -390,18 +422,60 @@ def main() -> None:
         if worse else "No speed-up is below the recorded figure.") + " " + (
         "Slower with direct than im2col only in this run: " + ", ".join(f"{m} batch {b}" for m, b in slower_than_im2col) + "."
         if slower_than_im2col else "With direct every model is faster than im2col only in this run."), ""]
+    def split(k, which: str = "glue") -> str:
+        r = by[k]["split"][which]
+        ops = ", ".join(f"{op} {1e6 * t:.0f}" for op, t in sorted(r["by_op"].items(), key=lambda kv: -kv[1]))
+        return (f"a {1e6 * r['total_s']:.0f} us call: conv steps {1e6 * r['conv_s']:.0f} us, the other steps "
+                f"{1e6 * r['other_s']:.0f} us ({ops}), the runner's own per-call work "
+                f"{1e6 * (r['total_s'] - r['conv_s'] - r['other_s']):.0f} us")
+    glue = [k for k in GLUE_BEFORE if k in by]
+    lines += [
+        "Glue between the weight layers (kernels/glue.pyx, small C loops behind `GraphRunner`): max pooling without "
+        "padding and global average / max pooling write into buffers kept between calls, in the input's layout, with "
+        "no copy of the input (NumPy's strided maxima over the 2x2 windows of the digits CNN's 32 x 8x8 maps took "
+        "8-15 us at batch 1 and 75-120 us at batch 32 in the runner's step times); a direct conv whose output only "
+        "feeds a Flatten writes [N, M, P, Q] in C order, so the Flatten is a view; a CSR Gemm on one row, or with at most "
+        "`kernels.runner.CSR_ROWS_FEATURES` outputs on up to `CSR_ROWS_MAX` rows, runs on `csr_rows` (a gather-dot per output, bias and ReLU inside; the "
+        "same nnz x rows MACs as spmm, without its panel packing). Side by side in this run (`glue=False`: the runner "
+        "without them, timed in the same interleaved rounds), CPU time without / with: "
+        + "; ".join(f"{m} batch {b} {by[(m, b)]['cpu']['kernels no glue'] / by[(m, b)]['cpu']['kernels pruned']:.2f}x"
+                    for m, b in glue) + ". "
+        "Outside the digits CNN the glue touches a global average pool, a Flatten and a 10-output fc; their steps "
+        "(all but the convs; medians of 21 back-to-back calls, without -> with the glue) take "
+        + "; ".join(f"{m} batch {b} {1e6 * by[(m, b)]['split']['no glue']['other_s']:.0f} -> "
+                    f"{1e6 * by[(m, b)]['split']['glue']['other_s']:.0f} us of a "
+                    f"{1e6 * by[(m, b)]['split']['glue']['total_s']:.0f} us call"
+                    for m, b in glue if m != "digits CNN") + ", so where that is a few percent of a call the "
+        "whole-call ratios above show this run's spread between two runners doing the same conv work (in either "
+        "direction), not the glue. "
+        "Speed-up vs onnxruntime dense (wall), recorded before (this script's run of 2026-12-01 13:40 UTC, load "
+        "0.6-0.7) -> this run (a different run: the conv steps, which the glue leaves alone, differ between runs "
+        "too): "
+        + "; ".join(f"{m} batch {b} {GLUE_BEFORE[(m, b)]:.2f}x -> {speedup[(m, b)]:.2f}x" for m, b in glue) + ". "
+        "Where a digits CNN call goes (medians of 21 back-to-back calls, so warmer than the table's interleaved "
+        "rounds): "
+        + "; ".join(f"batch {b}: without the glue {split((m, b), 'no glue')}; with it {split((m, b))}"
+                    for m, b in glue if m == "digits CNN") + ".",
+        "",
+    ]
     if slower:
         lines.append("Still slower than onnxruntime dense: " + "; ".join(
-            f"{m} batch {b} ({speedup[(m, b)]:.2f}x wall, {cpu_ratio[(m, b)]:.2f}x CPU; of a {1e6 * by[(m, b)]['total_s']:.0f} us "
-            f"call, conv steps {1e6 * by[(m, b)]['conv_s']:.0f} us, the other steps {1e6 * by[(m, b)]['other_s']:.0f} us, "
-            f"the runner's own per-call work {1e6 * (by[(m, b)]['total_s'] - by[(m, b)]['conv_s'] - by[(m, b)]['other_s']):.0f} us)"
+            f"{m} batch {b} ({speedup[(m, b)]:.2f}x wall, {cpu_ratio[(m, b)]:.2f}x CPU in the interleaved rounds; back to "
+            f"back, onnxruntime dense takes {1e6 * by[(m, b)]['split']['ort dense']:.0f} us and the runner {split((m, b))})"
             for m, b in slower) + ". "
             "The convs no longer pack im2col panels (the table below: the direct kernel is "
             f"{span([v for (lbl, _, f, pick), v in direct_ratios.items() if f == 'csr' and pick == 'direct' and lbl.startswith(('digits', 'tiny'))], '{:.1f}x')} "
             "faster than the im2col CSR kernel on the convs of these models it runs); what is left is per-step cost that onnxruntime does not "
             "pay: each kernel call's Python wrapper and argument checks (timeit minimum on a trivial layer: about 2 us for "
-            "direct_conv, 5 us for spmm_im2col / spmm), "
-            "pooling and flattening in NumPy, and the fc layer on spmm.")
+            "direct_conv, 5 us for spmm_im2col / spmm, 1-2 us for the glue loops) and the step's own Python."
+            + ("" if not (warm := [k for k in slower if by[k]["split"]["glue"]["total_s"] < by[k]["split"]["ort dense"]])
+               else " Back to back the runner is the faster of the two on " + "; ".join(
+                   f"{m} batch {b} (interleaved -> back to back: the runner {1e6 * by[(m, b)]['wall']['kernels pruned']:.0f} -> "
+                   f"{1e6 * by[(m, b)]['split']['glue']['total_s']:.0f} us, onnxruntime dense "
+                   f"{1e6 * by[(m, b)]['wall']['ort dense']:.0f} -> {1e6 * by[(m, b)]['split']['ort dense']:.0f} us)"
+                   for m, b in warm)
+               + ": the interleaved rounds (each group of 3 calls follows a 20 ms sleep, benchmarks/timing.py) cost the "
+               "runner more than onnxruntime there."))
         lines.append("")
     lines += [
         "Direct sparse convolution vs the im2col kernels behind `kernels.runner.use_direct` (one conv, kernel calls "
