@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="ONNX file")
     p.add_argument("--hw", required=True, help="built-in spec name or a YAML file")
     p.add_argument("--data", help=".npz with inputs (key x); default: seeded random inputs")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per mode (median)")
+    p.add_argument("--repeats", type=int, default=15, help="timed rounds, each running the kernels, the all-dense path and onnxruntime once in turn (medians)")
     p.add_argument("--batch", type=int, default=1, help="batch size for a symbolic batch dimension")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,17 +139,34 @@ def _inputs(result, data: str | os.PathLike | None, seed: int) -> dict[str, np.n
     return feeds
 
 
-def _median_times(runner: GraphRunner, feeds: dict, repeats: int) -> tuple[float, dict[str, float]]:
-    totals, per_layer = [], {}
+def _interleaved_times(runners: dict[str, GraphRunner], feeds: dict, repeats: int, session=None
+                       ) -> tuple[dict[str, float], dict[str, dict[str, float]], float | None]:
+    """Median whole-model and per-layer seconds of each runner (and of onnxruntime's ``session``),
+    timed in rounds that call each once in turn after one warm-up call each: a shared machine's
+    drift and each side's cold first call hit every side alike, not whichever is timed first."""
+    calls = {name: runner.run for name, runner in runners.items()}
+    if session is not None:
+        calls["onnxruntime"] = lambda f: session.run(None, f)
+    for call in calls.values():
+        call(feeds)
+    totals = {k: [] for k in calls}
+    per_layer = {k: {} for k in runners}
     for _ in range(repeats):
-        runner.run(feeds)
-        totals.append(sum(l.seconds for l in runner.last_run))
-        for l in runner.last_run:
-            per_layer.setdefault(l.name, []).append(l.seconds)
-    return statistics.median(totals), {k: statistics.median(v) for k, v in per_layer.items()}
+        for name, call in calls.items():
+            t = time.perf_counter()
+            call(feeds)
+            elapsed = time.perf_counter() - t
+            if name in runners:  # the runners' own step times leave out the Python call around them
+                elapsed = sum(l.seconds for l in runners[name].last_run)
+                for l in runners[name].last_run:
+                    per_layer[name].setdefault(l.name, []).append(l.seconds)
+            totals[name].append(elapsed)
+    medians = {k: statistics.median(v) for k, v in totals.items()}
+    layers = {k: {n: statistics.median(v) for n, v in d.items()} for k, d in per_layer.items()}
+    return medians, layers, medians.get("onnxruntime")
 
 
-def validate(model: str | os.PathLike, spec, *, data: str | os.PathLike | None = None, repeats: int = 5,
+def validate(model: str | os.PathLike, spec, *, data: str | os.PathLike | None = None, repeats: int = 15,
              threads: int = 1, seed: int = 0, batch: int = 1) -> ValidationReport:
     """Run ``model`` on the kernels and on onnxruntime and compare with the estimate on ``spec``.
     ``batch`` fixes a symbolic batch dimension (one inference = one batch)."""
@@ -159,8 +177,6 @@ def validate(model: str | os.PathLike, spec, *, data: str | os.PathLike | None =
 
 
 def _validate(model, spec, data, repeats: int, threads: int, seed: int, batch: int) -> ValidationReport:
-    import time
-
     import onnxruntime as ort
 
     result = load_model(model, batch=batch)
@@ -169,7 +185,7 @@ def _validate(model, spec, data, repeats: int, threads: int, seed: int, batch: i
     kernels, dense = GraphRunner(proto, mode="auto", threads=threads), GraphRunner(proto, mode="dense", threads=threads)
     got = kernels.run(feeds)
     executed = {l.name: (l.format, l.macs_executed) for l in kernels.last_run if l.dense_macs}
-    error, ort_time = None, None
+    error, session = None, None  # no onnxruntime for a graph with joulecut's own nodes
     if not any(n.domain == "joulecut" for n in proto.graph.node):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -179,14 +195,9 @@ def _validate(model, spec, data, repeats: int, threads: int, seed: int, batch: i
         error = max(float(np.abs(g - r).max()) for g, r in zip(got, reference)) / scale
         if error > OUTPUT_RTOL:
             raise ValidationError(f"kernel outputs differ from onnxruntime: max relative error {error:.2e}")
-        ort_times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            session.run(None, feeds)
-            ort_times.append(time.perf_counter() - t)
-        ort_time = statistics.median(ort_times)
-    kernel_total, kernel_layer = _median_times(kernels, feeds, repeats)
-    dense_total, dense_layer = _median_times(dense, feeds, repeats)
+    totals, layers, ort_time = _interleaved_times({"kernels": kernels, "dense": dense}, feeds, repeats, session)
+    kernel_total, kernel_layer = totals["kernels"], layers["kernels"]
+    dense_total, dense_layer = totals["dense"], layers["dense"]
 
     report = estimate(result.graph, spec)
     dense_graph = result.graph.with_densities(weight={l.name: 1.0 for l in result.graph.mac_layers()})

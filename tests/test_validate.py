@@ -54,3 +54,30 @@ def test_spearman_by_hand():
     assert spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
     assert spearman([1, 1, 1], [1, 2, 3]) is None
     assert spearman([1, 2], [1, 2]) is None
+
+
+class _Recorder:
+    """Stands in for a GraphRunner or an onnxruntime session: logs each call, reports step times."""
+
+    def __init__(self, name, log, seconds):
+        self.name, self.log, self.seconds = name, log, seconds
+        self.last_run = []
+
+    def run(self, *args):
+        from types import SimpleNamespace
+
+        self.log.append(self.name)
+        self.last_run = [SimpleNamespace(name="a", seconds=self.seconds), SimpleNamespace(name="b", seconds=2 * self.seconds)]
+
+
+def test_sides_are_timed_in_interleaved_rounds_after_a_warm_up():
+    from pruning.validate import _interleaved_times
+
+    log = []
+    runners = {"kernels": _Recorder("kernels", log, 1.0), "dense": _Recorder("dense", log, 3.0)}
+    totals, layers, ort = _interleaved_times(runners, {}, 3, session=_Recorder("ort", log, 0.0))
+    assert log == ["kernels", "dense", "ort"] * 4  # one warm-up round, then 3 timed rounds in turn
+    assert totals["kernels"] == 3.0 and totals["dense"] == 9.0  # the runners' own step times
+    assert layers["kernels"] == {"a": 1.0, "b": 2.0} and layers["dense"] == {"a": 3.0, "b": 6.0}
+    assert ort is not None and ort >= 0.0
+    assert _interleaved_times(runners, {}, 1)[2] is None  # no session: no onnxruntime time
