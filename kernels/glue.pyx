@@ -45,16 +45,21 @@ cdef bint _float_strides(cnp.ndarray a):
     return True
 
 
-def max_pool(x, kernel, stride, out):
-    """out[n, c, p, q] = max over the kernel window of x[n, c, p*sh + r, q*sw + s] (no padding,
-    no dilation). x, out: float32 4-D arrays of any element strides (out must not overlap x);
-    out's shape must be [N, C, P, Q] with P = (H - kh) // sh + 1, Q likewise. Returns out."""
+def _check_planes(x, out) -> None:
+    """x and out must be 4-D float32 arrays of whole-element strides, out writeable."""
     if not (isinstance(x, np.ndarray) and isinstance(out, np.ndarray)):
         raise TypeError("x and out must be numpy.ndarrays")
     if x.dtype != np.float32 or out.dtype != np.float32 or x.ndim != 4 or out.ndim != 4:
         raise TypeError("x and out must be 4-D float32 arrays")
     if not (_float_strides(x) and _float_strides(out)) or not out.flags.writeable:
         raise ValueError("x and out need whole-element strides and out must be writeable")
+
+
+def max_pool(x, kernel, stride, out):
+    """out[n, c, p, q] = max over the kernel window of x[n, c, p*sh + r, q*sw + s] (no padding,
+    no dilation). x, out: float32 4-D arrays of any element strides (out must not overlap x);
+    out's shape must be [N, C, P, Q] with P = (H - kh) // sh + 1, Q likewise. Returns out."""
+    _check_planes(x, out)
     cdef int64_t kh = kernel[0], kw = kernel[1], sh = stride[0], sw = stride[1]
     if min(kh, kw, sh, sw) < 1:
         raise ValueError("kernel and stride must be >= 1")
@@ -78,12 +83,7 @@ def max_pool(x, kernel, stride, out):
 def global_pool(x, bint average, out):
     """out[n, c, 0, 0] = the mean (``average``) or max of x[n, c, :, :]. x, out: float32 4-D
     arrays of any element strides; out must be [N, C, 1, 1] and not overlap x. Returns out."""
-    if not (isinstance(x, np.ndarray) and isinstance(out, np.ndarray)):
-        raise TypeError("x and out must be numpy.ndarrays")
-    if x.dtype != np.float32 or out.dtype != np.float32 or x.ndim != 4 or out.ndim != 4:
-        raise TypeError("x and out must be 4-D float32 arrays")
-    if not (_float_strides(x) and _float_strides(out)) or not out.flags.writeable:
-        raise ValueError("x and out need whole-element strides and out must be writeable")
+    _check_planes(x, out)
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     if H < 1 or W < 1:
         raise ValueError(f"global pooling needs a non-empty plane, got {H}x{W}")

@@ -21,16 +21,22 @@ def _pool_ref(x, kernel, stride):
                               for r in range(kh) for s in range(kw)])
 
 
+def _in_layout(layout: str, shape: tuple[int, int, int, int], seed: int) -> np.ndarray:
+    """Random float32 [N, C, H, W] laid out NCHW, channel-major ([C, N, H, W] memory) or as a
+    strided slice (every other column of a twice-as-wide array)."""
+    n, c, h, w = shape
+    rng = np.random.default_rng(seed)
+    if layout == "nchw":
+        return rng.standard_normal(shape).astype(np.float32)
+    if layout == "channel-major":
+        return rng.standard_normal((c, n, h, w)).astype(np.float32).transpose(1, 0, 2, 3)
+    return rng.standard_normal((n, c, h, 2 * w)).astype(np.float32)[:, :, :, ::2]
+
+
 @pytest.mark.parametrize("kernel,stride", [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((2, 3), (1, 2)), ((3, 3), (1, 1))])
 @pytest.mark.parametrize("layout", ["nchw", "channel-major", "sliced"])
 def test_max_pool_matches_numpy(kernel, stride, layout):
-    rng = np.random.default_rng(0)
-    if layout == "nchw":
-        x = rng.standard_normal((3, 5, 9, 8)).astype(np.float32)
-    elif layout == "channel-major":
-        x = rng.standard_normal((5, 3, 9, 8)).astype(np.float32).transpose(1, 0, 2, 3)
-    else:
-        x = rng.standard_normal((3, 5, 9, 16)).astype(np.float32)[:, :, :, ::2]
+    x = _in_layout(layout, (3, 5, 9, 8), seed=0)
     ref = _pool_ref(x, kernel, stride)
     out = np.full((ref.shape[1], ref.shape[0]) + ref.shape[2:], np.nan, np.float32).transpose(1, 0, 2, 3)
     assert max_pool(x, kernel, stride, out) is out
@@ -131,13 +137,7 @@ def test_pool_output_buffer_follows_a_new_batch():
 def test_global_pool_matches_numpy(layout):
     from kernels.glue import global_pool
 
-    rng = np.random.default_rng(2)
-    if layout == "nchw":
-        x = rng.standard_normal((3, 5, 7, 6)).astype(np.float32)
-    elif layout == "channel-major":
-        x = rng.standard_normal((5, 3, 7, 6)).astype(np.float32).transpose(1, 0, 2, 3)
-    else:
-        x = rng.standard_normal((3, 5, 7, 12)).astype(np.float32)[:, :, :, ::2]
+    x = _in_layout(layout, (3, 5, 7, 6), seed=2)
     out = np.full((3, 5, 1, 1), np.nan, np.float32)
     np.testing.assert_allclose(global_pool(x, True, out), x.astype(np.float64).mean(axis=(2, 3), keepdims=True),
                                rtol=1e-5, atol=1e-6)
