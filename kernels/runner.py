@@ -407,10 +407,15 @@ class _Epilogue:
         self.ops: list[tuple] = []
         self.nodes: list[tuple[int, onnx.NodeProto]] = []
 
-    def apply(self, y: np.ndarray, flat: np.ndarray | None, vals: list, ops: list[tuple] | None = None) -> np.ndarray:
-        """y: the logical output; flat: the same memory as one 2-D array (or None); ops: the
-        entries to apply (default all; a kernel that fused the first ones passes the rest)."""
-        for op in self.ops if ops is None else ops:
+    @property
+    def leading_relu(self) -> bool:
+        """Whether the first entry is a ReLU (which the direct conv and csr_rows can apply)."""
+        return bool(self.ops) and self.ops[0] == ("relu",)
+
+    def apply(self, y: np.ndarray, flat: np.ndarray | None, vals: list, skip: int = 0) -> np.ndarray:
+        """y: the logical output; flat: the same memory as one 2-D array (or None); skip: the
+        leading entries a kernel already applied."""
+        for op in self.ops[skip:] if skip else self.ops:
             kind = op[0]
             if kind == "add":
                 r = vals[op[1]]
@@ -547,7 +552,7 @@ class _ConvStep:
         self.last, self.out_slot = last, g.slot[out]
         self.bias_col = None if bias is None else bias.astype(np.float32).reshape(-1, 1)
         self.bias_vec = None if bias is None else np.ascontiguousarray(self.bias_col[:, 0])
-        self.direct_relu = bool(self.epilogue.ops) and self.epilogue.ops[0] == ("relu",)
+        self.direct_relu = self.epilogue.leading_relu
         self._prepare_weight(w, mode, direct)
         # A direct conv whose output only feeds a Flatten(axis=1) writes [N, M, P, Q] C order (the
         # kernel takes either layout), so the Flatten is a view instead of a transposing copy.
@@ -657,8 +662,8 @@ class _ConvStep:
         if self.format == "direct":  # bias (and a leading ReLU) are applied in the kernel
             direct_conv(self.group_weights[0], x, self.kernel, self.strides, self.pad, self.dil, bias=self.bias_vec,
                         relu=self.direct_relu, out=y, threads=self.threads)
-            ops = self.epilogue.ops[1:] if self.direct_relu else self.epilogue.ops
-            vals[self.out_slot] = self.epilogue.apply(y, flat, vals, ops) if ops else y
+            skip = int(self.direct_relu)
+            vals[self.out_slot] = self.epilogue.apply(y, flat, vals, skip) if len(self.epilogue.ops) > skip else y
             return
         if self.format in SPARSE_FORMATS:
             self._sparse(x, flat)
@@ -750,10 +755,8 @@ class _GemmStep:
             rows == 1 or (rows <= CSR_ROWS_MAX and self.features <= CSR_ROWS_FEATURES))
 
     def _plan(self, rows: int) -> None:
-        if self.format == "dense":
-            self.flat = np.empty((rows, self.features), np.float32)
-            self.view = self.flat
-        elif self._use_rows(rows):  # csr_rows writes [B, F]
+        self.on_rows = self._use_rows(rows)
+        if self.format == "dense" or self.on_rows:  # matmul and csr_rows write [B, F]
             self.flat = np.empty((rows, self.features), np.float32)
             self.view = self.flat
         else:  # the kernels produce [F, B]; hand on its [B, F] view
@@ -762,12 +765,11 @@ class _GemmStep:
         if self.format == "compact":
             self.kept = np.empty((self.operator.weight.shape[0], rows), np.float32)
         self.bias_in_place = True
-        self.on_rows = self._use_rows(rows)
-        self.rows_bias = self.bias if self.bias is not None and self.bias.shape == (self.features,) else None
-        self.rows_relu = self.on_rows and (self.bias is None or self.rows_bias is not None) and bool(
-            self.epilogue.ops) and self.epilogue.ops[0] == ("relu",)
-        if self.rows_bias is not None:
-            self.rows_bias = np.ascontiguousarray(self.rows_bias)
+        # csr_rows adds a [F] bias itself, and then a leading ReLU; any other bias shape is added after
+        fused_bias = self.on_rows and self.bias is not None and self.bias.shape == (self.features,)
+        self.rows_bias = np.ascontiguousarray(self.bias) if fused_bias else None
+        self.bias_after = None if fused_bias else self.bias
+        self.rows_relu = self.on_rows and (self.bias is None or fused_bias) and self.epilogue.leading_relu
         if self.bias is not None:
             try:
                 self.bias_in_place = np.broadcast_shapes(self.bias.shape, self.view.shape) == self.view.shape
@@ -792,15 +794,7 @@ class _GemmStep:
             if x2.strides[-1] != 4:
                 x2 = np.ascontiguousarray(x2)  # the kernel reads rows with unit stride along K
             csr_rows(self.packed, x2, self.rows_bias, self.rows_relu, self.flat)
-            if self.bias is not None and self.rows_bias is None:
-                y = y + self.bias if not self.bias_in_place else np.add(y, self.bias, out=y)
-            ops = self.epilogue.ops[1:] if self.rows_relu else self.epilogue.ops
-            flat = self.flat if y is self.view else None
-            if len(lead) != 1:
-                y, flat = y.reshape(*lead, self.features), None
-            vals[self.out_slot] = self.epilogue.apply(y, flat, vals, ops) if ops else y
-            return
-        if self.format == "dense":
+        elif self.format == "dense":
             np.matmul(x2, self.wt, out=self.flat)
         elif self.format == "compact":
             xt = x2.T if self.in_index is None else x2.T[self.in_index]
@@ -810,15 +804,16 @@ class _GemmStep:
                 self.flat[self.dropped] = 0.0
         else:
             spmm(self.packed, x2.T, out=self.flat, threads=self.threads)
-        if self.bias is not None:
+        if self.bias_after is not None:
             if self.bias_in_place:
-                y += self.bias
+                y += self.bias_after
             else:
-                y = y + self.bias
+                y = y + self.bias_after
         flat = self.flat if y is self.view else None
         if len(lead) != 1:  # MatMul of an N-D input: the epilogue sees the [..., F] shape
             y, flat = y.reshape(*lead, self.features), None
-        vals[self.out_slot] = self.epilogue.apply(y, flat, vals) if self.epilogue.ops else y
+        skip = int(self.rows_relu)
+        vals[self.out_slot] = self.epilogue.apply(y, flat, vals, skip) if len(self.epilogue.ops) > skip else y
 
     def layer_runs(self, vals: list, seconds: float) -> list[tuple[int, LayerRun]]:
         g = self.g
