@@ -8,7 +8,7 @@ keeps. This benchmark bounds what any such choice can gain on examples/digits' D
 (three channel groups: conv1 16, conv2 32, conv3 32 channels) on the eyeriss spec:
 
 - every (c1, c2, c3) allocation is estimated (16,384 of them, re-estimated from the IR);
-- magnitude's allocation (global channel scores, as pruning.methods.magnitude) is built at
+- magnitude's allocation (global channel scores: pruning.methods.magnitude_levels) is built at
   each energy target, and so are --tries random allocations whose energy lies within
   [0.95, 1] x target at 25 %, 12 % and 7 %;
 - every allocation keeps the largest-norm filters of each layer (as magnitude does), gets
@@ -42,6 +42,7 @@ from hwspecs import load_spec  # noqa: E402
 from pruning.api import _to_module  # noqa: E402
 from pruning.cost import EnergyModel  # noqa: E402
 from pruning.export import export_onnx  # noqa: E402
+from pruning.methods import magnitude_levels  # noqa: E402
 from pruning.train import accuracy, fine_tune  # noqa: E402
 from pruning.units import ChannelUnits, PruneState  # noqa: E402
 
@@ -73,12 +74,11 @@ def run_seed(seed: int, variant: str, hw: str, epochs: float, tries: int, work: 
         return {"counts": counts, "energy": ratio[counts], "val": accuracy(state.module, *val),
                 "test": accuracy(state.module, *test)}
 
-    scores = {u: units.scores(base, u).double() for u in groups}
-    ranked = torch.sort(torch.cat(list(scores.values())), descending=True).values
+    levels = magnitude_levels(units, base)  # magnitude's own allocation rule
 
     def magnitude_counts(kept: float) -> tuple[int, ...]:
-        threshold = ranked[max(1, int(round(kept * len(ranked)))) - 1]
-        return tuple(max(1, int((scores[u] >= threshold).sum())) for u in groups)
+        chosen = levels(kept)
+        return tuple(units.count(u, chosen[u]) for u in groups)
 
     def magnitude_at(target: float) -> tuple[int, ...]:
         lo, hi = 0.0, 1.0

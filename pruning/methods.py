@@ -156,8 +156,9 @@ def _largest_meeting(ctx: Context, state: PruneState, unit, goal: float) -> floa
 
 
 # --- magnitude baseline -----------------------------------------------------------------------
-def magnitude(ctx: Context, state: PruneState, target_pj: float, mode: str = "global") -> PruneState:
-    units = ctx.units
+def magnitude_levels(units: Units, state: PruneState, mode: str = "global") -> Callable[[float], dict]:
+    """levels(p): each unit's level when magnitude pruning keeps a fraction p of all scores
+    ("global": one threshold over every unit's scores) or of each unit's ("uniform")."""
     names = units.units()
     if mode not in ("global", "uniform"):
         raise ValueError(f"magnitude mode must be 'global' or 'uniform', got {mode!r}")
@@ -171,6 +172,12 @@ def magnitude(ctx: Context, state: PruneState, target_pj: float, mode: str = "gl
         threshold = torch.sort(everything, descending=True).values[k - 1]
         return {u: units.snap(u, float((s.double() >= threshold).double().mean())) for u, s in scores.items()}
 
+    return levels
+
+
+def magnitude(ctx: Context, state: PruneState, target_pj: float, mode: str = "global") -> PruneState:
+    units = ctx.units
+    levels = magnitude_levels(units, state, mode)
     lo, hi = 0.0, 1.0
     if ctx.energy(state, levels(lo)) > target_pj:
         hi = lo = 0.0
