@@ -40,10 +40,11 @@ cdef extern from *:
     #include <omp.h>
     #endif
 
-    /* Scratch on 64-byte boundaries: the kernels load and store whole 64-byte vectors at
-     * multiples of 64 bytes from a buffer's start, and a vector that straddles two cache lines
-     * costs two accesses (malloc's 16-byte alignment made products and gathers 25-30% slower
-     * in the processes where it fell off the line). zero: the bytes cleared. */
+    /* Scratch on 64-byte boundaries, like the weight rows (see _aligned_empty): the kernels
+     * load and store whole 64-byte vectors at multiples of 64 bytes from a buffer's start, and
+     * a vector that straddles two cache lines costs two accesses (weight rows at malloc's
+     * 16-byte alignment made the products 25-30% slower in the processes where they fell off
+     * the line). zero: the bytes cleared. */
     static void *jr_alloc(size_t bytes, int zero) {
         const size_t whole = (bytes + 63) / 64 * 64;
         void *p = aligned_alloc(64, whole ? whole : 64);
