@@ -59,6 +59,24 @@ def test_kernel_matches_reference(N, K, M, sub_len, H, block):
     np.testing.assert_allclose(Y, Y_ref, rtol=1e-4, atol=1e-4)
 
 
+def test_weight_at_any_alignment_gives_the_same_result():
+    # the kernel copies a weight that is not on a 64-byte boundary (its rows are loaded as
+    # whole vectors); the copy must not change a value, and Y comes out aligned
+    rng = np.random.default_rng(5)
+    X = rng.integers(-2, 3, (90, 24)).astype(np.float32)
+    W = rng.standard_normal((24, 32)).astype(np.float32)
+    proj = projections(24, 12, seed=2)
+    Y0, c0, _ = reuse_matmul_kernel(X, W, proj, 8, 32)
+    buf = np.empty(W.size + 16, np.float32)
+    for shift in range(4):
+        Ws = buf[shift:shift + W.size].reshape(W.shape)
+        Ws[:] = W
+        Y, c, _ = reuse_matmul_kernel(X, Ws, proj, 8, 32)
+        np.testing.assert_array_equal(Y, Y0)
+        np.testing.assert_array_equal(c, c0)
+        assert Y.ctypes.data % 64 == 0
+
+
 def test_stats_follow_the_cost_model():
     rng = np.random.default_rng(3)
     X = rng.integers(0, 2, (200, 24)).astype(np.float32)   # many repeats, some zero sub-vectors
