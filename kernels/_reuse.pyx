@@ -501,39 +501,12 @@ cdef extern from *:
         return failed;
     }
 
-    /* Lane picks of the two-row shuffles of a 16 x 16 transpose, per stage (d = 8, 4, 2, 1):
-     * [0] takes the first d of each 2d lanes from row i and the next d from row i + d's first
-     * half of that group, [1] the other halves. */
-    static const jr_i16 JR_TRANSPOSE_MASKS[4][2] = {
-        {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}, {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}},
-        {{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}, {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}},
-        {{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}, {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}},
-        {{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}, {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}},
-    };
-
-    /* out[t*C + c] = in[c*px + t]: one image from planar (CHW) to channels-last, in 16 x 16
-     * tiles transposed in registers where both sides are whole tiles. */
+    /* out[t*C + c] = in[c*px + t]: one image from planar (CHW) to channels-last. The plain
+     * loop, which GCC vectorises: 3.6x faster than the 16 x 16 register transpose it replaced
+     * (0.18 vs 0.65 ms for conv2's 1347 images, alone in a C harness). */
     static void jr_to_channels_last(const float *in, int64_t C, int64_t px, float *out) {
-        if (C % 16 || px % 16) {
-            for (int64_t t = 0; t < px; t++)
-                for (int64_t c = 0; c < C; c++) out[t * C + c] = in[c * px + t];
-            return;
-        }
-        for (int64_t c0 = 0; c0 < C; c0 += 16)
-            for (int64_t t0 = 0; t0 < px; t0 += 16) {
-                jr_v16 r[16];
-                for (int i = 0; i < 16; i++) r[i] = jr_load(in + (c0 + i) * px + t0);
-                /* block-recursive transpose: at distance d = 8, 4, 2, 1, rows i and i + d
-                 * swap their off-diagonal d x d blocks (JR_TRANSPOSE_MASKS) */
-                for (int stage = 0, d = 8; d >= 1; stage++, d >>= 1)
-                    for (int i = 0; i < 16; i++) {
-                        if (i & d) continue;
-                        const jr_v16 a = r[i], b = r[i + d];
-                        r[i] = __builtin_shuffle(a, b, JR_TRANSPOSE_MASKS[stage][0]);
-                        r[i + d] = __builtin_shuffle(a, b, JR_TRANSPOSE_MASKS[stage][1]);
-                    }
-                for (int i = 0; i < 16; i++) jr_store(out + (t0 + i) * C + c0, r[i]);
-            }
+        for (int64_t t = 0; t < px; t++)
+            for (int64_t c = 0; c < C; c++) out[t * C + c] = in[c * px + t];
     }
 
     /* pmap [(Hh + 2 pad) x (Wd + 2 pad)]: for each pixel of one zero-padded image, where its
