@@ -199,7 +199,7 @@ def ref_pixel_reuse(x, w, proj, sub_len, block_imgs, stride, pad, clusters=None)
     (6, 4, 5, 1, 1, 100, "input"), (16, 16, 8, 2, 0, 4096, "input"), (3, 1, 2, 1, 2, 30, "input"),
     (8, 8, 20, 1, 1, 60, "input"),
     (16, 16, 40, 1, 1, 90, "input"),    # 33..48 hashes: three vectors per code
-    (32, 16, 60, 2, 1, 60, "input"),    # 49..64 hashes, two chunks, whole 16 x 16 transposes
+    (32, 16, 60, 2, 1, 60, "input"),    # 49..64 hashes, two chunks
     (40, 40, 20, 1, 1, 60, "input"),    # chunks longer than 32 values (two bfloat16 groups)
     (16, 8, 12, 1, 1, 4096, "output"), (6, 4, 36, 1, 0, 60, "output")])
 def test_pixel_shared_conv_matches_reference(C, sub_len, H, stride, pad, block_rows, metric):
