@@ -503,9 +503,10 @@ cdef extern from *:
 
     /* out[t*C + c] = in[c*px + t]: one image from planar (CHW) to channels-last. A plain loop
      * that reads the planes in memory order (the input usually comes from DRAM, and the
-     * hardware prefetcher follows one stream better than C interleaved ones) and scatters into
-     * out, which sits in L1. Faster than the 16 x 16 register transpose it replaced (3.6x alone
-     * in a C harness, the whole kernel ~15% side by side). */
+     * hardware prefetcher follows one stream better than C interleaved ones; software
+     * prefetch of the next images only got in its way) and scatters into out, which sits in
+     * L1. Simpler than the 16 x 16 register transpose it replaced, and the whole kernel is ~4%
+     * faster for it (RESULTS.md, "Deep reuse kernel"). */
     static void jr_to_channels_last(const float *in, int64_t C, int64_t px, float *out) {
         for (int64_t c = 0; c < C; c++)
             for (int64_t t = 0; t < px; t++) out[t * C + c] = in[c * px + t];
@@ -606,9 +607,6 @@ cdef extern from *:
             }
     }
 
-    /* images ahead whose input planes are prefetched */
-    #define JR_AHEAD 2
-
     /* Conv with reuse shared across kernel offsets. x NCHW [n_img, C, Hh, Wd]. A
      * sub-vector is a chunk of sub_len channels of one input pixel; it is the sub-vector
      * of every im2col row that reads that pixel, so it is hashed and clustered once (per
@@ -681,9 +679,6 @@ cdef extern from *:
                         ++w.gen;
                         for (int64_t im = 0; im < ni; im++) {
                             const float *planes = x + ((i0 + im) * C + c0) * px_img;
-                            if (im + JR_AHEAD < ni)    /* the chunk's planes are one run of memory */
-                                for (int64_t t = 0; t < len * px_img; t += 16)
-                                    __builtin_prefetch(planes + JR_AHEAD * C * px_img + t);
                             jr_to_channels_last(planes, len, px_img, xs);
     #if JR_HASH_BF16
                             jr_bf16_pairs(xs, len, px_img, len, pstride, xpairs);
