@@ -66,6 +66,26 @@ def onnx_model(
     return model
 
 
+def digits_cnn_model(w: dict[str, np.ndarray], *, fc_relu: bool = False) -> onnx.ModelProto:
+    """The digits CNN's graph (examples/digits DigitsCNN) on input [N, 1, 8, 8], with the
+    weights w (w1, b1, w2, b2, w3, b3, fc, fcb; any widths): conv 3x3 pad 1 -> Relu -> conv ->
+    Relu -> MaxPool 2x2/2 -> conv -> Relu -> Flatten -> Gemm (fc), then a Relu (fc_relu)."""
+    conv = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    out = "g" if fc_relu else "y"
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", **conv),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", **conv),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("MaxPool", ["r2"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+             helper.make_node("Conv", ["p", "w3", "b3"], ["c3"], name="conv3", **conv),
+             helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+             helper.make_node("Flatten", ["r3"], ["f"], axis=1, name="flatten"),
+             helper.make_node("Gemm", ["f", "fc", "fcb"], [out], transB=1, name="fc")]
+    if fc_relu:
+        nodes.append(helper.make_node("Relu", ["g"], ["y"], name="fc_relu"))
+    return onnx_model(nodes, {"x": ("N", 1, 8, 8)}, {"y": None}, w, name="digits_cnn")
+
+
 # --- torch models ------------------------------------------------------------------------------
 
 

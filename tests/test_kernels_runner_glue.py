@@ -4,7 +4,6 @@ onnxruntime, with the counts unchanged."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -12,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from kernels.formats import CSRMatrix
 from kernels.glue import csr_rows, max_pool
 from kernels.runner import CSR_ROWS_MAX, GraphRunner
+from models import digits_cnn_model
 
 
 def _pool_ref(x, kernel, stride):
@@ -81,21 +81,7 @@ def _cnn(rng, density=0.1):
          "w2": sparse((8, 4, 3, 3)), "b2": rng.standard_normal(8).astype(np.float32),
          "w3": sparse((8, 8, 3, 3)), "b3": rng.standard_normal(8).astype(np.float32),
          "fc": sparse((5, 128)), "fcb": rng.standard_normal(5).astype(np.float32)}
-    conv = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", **conv),
-             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", **conv),
-             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-             helper.make_node("MaxPool", ["r2"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
-             helper.make_node("Conv", ["p", "w3", "b3"], ["c3"], name="conv3", **conv),
-             helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
-             helper.make_node("Flatten", ["r3"], ["f"], axis=1, name="flatten"),
-             helper.make_node("Gemm", ["f", "fc", "fcb"], ["g"], transB=1, name="fc"),
-             helper.make_node("Relu", ["g"], ["y"], name="fc_relu")]
-    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(v, k) for k, v in w.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w
+    return digits_cnn_model(w, fc_relu=True), w
 
 
 @pytest.mark.parametrize("batch", [1, 3, CSR_ROWS_MAX, CSR_ROWS_MAX + 1])
